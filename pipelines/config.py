@@ -1,0 +1,187 @@
+"""Typed experiment config: pydantic v2 models loaded from YAML with ``--set a.b=c`` overrides.
+
+Every field is checked before Ray starts; a bad one raises ``ConfigError`` with
+one line naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config the user can fix: the message names the field and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range; SimCLR's default
+    flip_p: float = Field(0.5, ge=0, le=1)  # horizontal flip probability
+    jitter_strength: float = Field(0.4, ge=0, le=1)  # brightness/contrast/saturation jitter strength
+    jitter_p: float = Field(0.8, ge=0, le=1)  # probability of applying colour jitter
+    grayscale_p: float = Field(0.2, ge=0, le=1)  # RGB only
+    blur_p: float = Field(0.5, ge=0, le=1)  # Gaussian blur probability
+    blur_sigma: tuple[float, float] = (0.1, 1.0)  # blur sigma range in view pixels
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, v):
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("needs 0 < min <= max <= 1")
+        return v
+
+
+class DataConfig(_Strict):
+    shards: str = "rayssl-data/fashion-mnist"  # folder or URI written by `rayssl shard` (has train/ and test/)
+    source: str = "fashion-mnist"  # what `rayssl demo` shards into `shards` when they are missing
+    crop_size: int | None = Field(None, ge=4)  # view size in px; None = the image size
+    batch_size: int = Field(256, ge=1)  # global batch, split across workers
+    max_train_images: int | None = Field(None, ge=1)  # pretrain on a subset (tests, quick runs)
+    augment_on: Literal["cpu", "device"] = "cpu"  # where views are made: Ray Data CPU tasks or the training device
+    augment: AugmentConfig = AugmentConfig()
+
+
+class MethodConfig(_Strict):
+    name: str = "simclr"  # a name from ssl_models.list_methods()
+    backbone: str = "small_cnn"  # small_cnn on CPU; resnet18/resnet50 on GPUs
+    temperature: float = Field(0.5, gt=0)  # contrastive temperature
+    projection_dim: int = Field(128, ge=1)
+    hidden_dim: int = Field(512, ge=1)
+    kwargs: dict[str, Any] = {}  # further method-specific arguments passed to create_method
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    lr: float = Field(0.06, gt=0)  # base lr for a batch of 256; scaled linearly with the batch
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up, then cosine decay to 0
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    num_workers: int = Field(2, ge=1)  # Ray Train workers (processes), one DDP rank each
+    cpus_per_worker: float = Field(0.5, gt=0)  # logical CPUs per worker; <1 leaves room for Ray Data tasks
+    use_gpu: bool = False  # NCCL + bf16 autocast when true
+    seed: int = 0
+    max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint
+    timeout_s: float | None = Field(None, gt=0)  # abort the run if fit() takes longer
+
+
+class ProbeConfig(_Strict):
+    knn_k: int = Field(200, ge=1)  # weighted kNN neighbours (InstDisc / solo-learn default)
+    knn_temperature: float = Field(0.07, gt=0)
+    linear_epochs: int = Field(30, ge=1)
+    linear_lr: float = Field(1e-3, gt=0)
+    max_train_images: int | None = Field(None, ge=10)  # labeled images used to fit probes (None = all)
+    max_test_images: int | None = Field(None, ge=10)
+    baselines: bool = True  # also probe raw pixels and a random-init encoder
+
+
+class TrackingConfig(_Strict):
+    runs_dir: str = "rayssl-runs"  # checkpoints, Ray storage and the default SQLite MLflow store
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///<runs_dir>/mlflow.db
+    experiment: str = "rayssl"
+    run_name: str | None = None  # defaults to <method>-<timestamp>
+
+
+class Config(_Strict):
+    data: DataConfig = DataConfig()
+    method: MethodConfig = MethodConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    probe: ProbeConfig = ProbeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _known_method(self):
+        import ssl_models
+
+        cls = ssl_models.method_class(self.method.name)  # raises with the known names
+        per_worker = self.data.batch_size // self.train.num_workers
+        if per_worker < cls.min_batch_per_worker:
+            raise ValueError(
+                f"data.batch_size={self.data.batch_size} gives {per_worker} images per worker for "
+                f"{self.train.num_workers} workers; {self.method.name} needs at least {cls.min_batch_per_worker}"
+            )
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved config as ``{"method.name": ..., "optim.lr": ...}``."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, for example optim.lr=0.1")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw else None
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return tree
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see configs/ for the known fields)"
+    elif first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{field}: {msg}{more}"
+
+
+def build_config(tree: dict[str, Any] | None = None, overrides: list[str] | None = None, source: str = "config") -> Config:
+    """Validate a config tree plus ``key=value`` overrides; ``ConfigError`` names the bad field."""
+    tree = apply_overrides(dict(tree or {}), overrides or [])
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_describe(err)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (``safe_load``) and apply overrides."""
+    tree: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found; ready ones are in configs/")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections (data, method, optim, ...)")
+        source = str(p)
+    return build_config(tree, overrides, source)

@@ -1,0 +1,306 @@
+"""Data: write validated Parquet shards (`rayssl shard`) and stream them through Ray Data.
+
+Shards hold ``image`` (PNG bytes), ``label`` (int64, -1 = none) and ``id`` (str),
+with ``manifest.json`` beside them. Images are decoded and checked once here, at
+shard time, so that training never meets a broken file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("id", pa.string())])
+# Refuse images that declare more pixels than this before decoding them (decompression bombs).
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+class DataError(ValueError):
+    """Bad input the user can fix; the message names the file or path."""
+
+
+# ---------------------------------------------------------------- sources
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip or plain."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]  # bytes 0-2: zero, zero, dtype code (0x08 = uint8)
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def read_fashion_mnist(split: str, root: Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST ``train`` (60,000) or ``test`` (10,000): uint8 (N, 28, 28) images and labels."""
+    prefix = "train" if split == "train" else "t10k"
+    images_path = root / f"{prefix}-images-idx3-ubyte.gz"
+    if not images_path.is_file():
+        raise DataError(
+            f"{images_path}: Fashion-MNIST not found; install it with 'apt-get install -y dataset-fashion-mnist' "
+            "(make demo does this), or shard any image folder with 'rayssl shard PATH --out DIR'"
+        )
+    return read_idx(images_path), read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+
+
+# ---------------------------------------------------------------- images
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def load_image(path: Path, mode: str, size: int | None) -> Image.Image:
+    """Open, fully decode and convert one image; raises ``ValueError`` with a reason when it cannot."""
+    if path.stat().st_size == 0:
+        raise ValueError("zero-byte file")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"declares {width}x{height} pixels, over the {MAX_IMAGE_PIXELS} limit")
+            img.load()
+            if img.mode == "I;16" or img.mode.startswith("I"):
+                # 16-bit grayscale: scale to 8 bits rather than clipping.
+                arr = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8), mode="L")
+            if img.mode in ("P", "LA", "RGBA", "PA"):
+                img = img.convert("RGBA").convert(mode) if mode == "RGB" else img.convert(mode)
+            img = img.convert(mode)
+    except ValueError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"decompression bomb refused ({err})") from None
+    except Exception as err:  # PIL raises many types for broken files
+        raise ValueError(f"cannot decode ({type(err).__name__}: {err})") from None
+    if size is not None:
+        img = _resize_center_crop(img, size)
+    return img
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    width, height = img.size
+    scale = size / min(width, height)
+    new = (max(size, round(width * scale)), max(size, round(height * scale)))
+    img = img.resize(new, Image.Resampling.BILINEAR)
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_png_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data batch of PNG bytes -> ``image`` uint8 (N, H, W, C); other columns pass through."""
+    images = [np.asarray(Image.open(io.BytesIO(b))) for b in batch["image"]]
+    stacked = np.stack(images)
+    if stacked.ndim == 3:
+        stacked = stacked[..., None]
+    out = {k: v for k, v in batch.items() if k != "image"}
+    out["image"] = stacked
+    return out
+
+
+# ---------------------------------------------------------------- writing shards
+
+
+@dataclass
+class _SplitWriter:
+    """Writes one split's rows into numbered Parquet files, each renamed into place when complete."""
+
+    out_dir: Path
+    rows_per_shard: int
+    rows: list[tuple[bytes, int, str]] = field(default_factory=list)
+    written: int = 0
+    labeled: int = 0
+    files: list[str] = field(default_factory=list)
+
+    def add(self, png: bytes, label: int, image_id: str) -> None:
+        self.rows.append((png, label, image_id))
+        if len(self.rows) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        images, labels, ids = zip(*self.rows, strict=True)
+        table = pa.table({"image": list(images), "label": list(labels), "id": list(ids)}, schema=SCHEMA)
+        name = f"part-{len(self.files):05d}.parquet"
+        tmp = self.out_dir / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.out_dir / name)  # a reader never sees a half-written shard
+        self.files.append(name)
+        self.written += len(self.rows)
+        self.labeled += sum(1 for label in labels if label >= 0)
+        self.rows = []
+
+    def summary(self) -> dict:
+        return {"rows": self.written, "labeled": self.labeled, "shards": self.files}
+
+
+@dataclass
+class ShardResult:
+    out_dir: Path
+    manifest: dict
+
+    @property
+    def skipped(self) -> list[dict]:
+        return self.manifest["skipped"]
+
+
+def _folder_files(root: Path) -> Iterator[Path]:
+    """Image files under ``root``, sorted; symlinks are not followed, so the walk never leaves root."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_symlink():
+                yield path
+
+
+def _is_test(image_id: str, test_fraction: float) -> bool:
+    digest = hashlib.sha1(image_id.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < test_fraction
+
+
+def write_shards(
+    source: str,
+    out: str | Path,
+    rows_per_shard: int = 10_000,
+    strict: bool = False,
+    limit: int | None = None,
+    mode: str | None = None,
+    size: int | None = None,
+    test_fraction: float = 0.2,
+) -> ShardResult:
+    """Shard ``source`` (``fashion-mnist`` or an image folder) into ``out/train`` and ``out/test``.
+
+    Folder sources: class sub-folders give labels (sorted names), images directly in
+    the folder are unlabeled (-1); labeled images go to ``test`` by a hash of their
+    path with probability ``test_fraction``. ``limit`` caps the rows per split.
+    """
+    out = Path(out)
+    writers = {s: _SplitWriter(out / s, rows_per_shard) for s in ("train", "test")}
+    skipped: list[dict] = []
+    if source == "fashion-mnist":
+        mode, classes = "L", FASHION_MNIST_CLASSES
+        for split, writer in writers.items():
+            images, labels = read_fashion_mnist(split)
+            n = len(images) if limit is None else min(limit, len(images))
+            for i in range(n):
+                writer.add(encode_png(images[i]), int(labels[i]), f"fashion-mnist/{split}/{i:05d}")
+            writer.flush()
+        image_size = [28, 28]
+    else:
+        root = Path(source)
+        if not root.exists():
+            raise DataError(f"{root}: no such file or folder; give an image folder or 'fashion-mnist'")
+        if not root.is_dir():
+            raise DataError(f"{root}: not a folder; give a folder of images (class sub-folders give labels)")
+        mode = mode or "RGB"
+        size = size or 32
+        image_size = [size, size]
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+        class_index = {name: i for i, name in enumerate(classes)}
+        for path in _folder_files(root):
+            rel = path.relative_to(root)
+            image_id = os.fsdecode(rel).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            try:
+                img = load_image(path, mode, size)
+            except (ValueError, OSError) as err:
+                if strict:
+                    raise DataError(f"{path}: {err}; fix or remove it, or run without --strict to skip it") from None
+                skipped.append({"file": image_id, "reason": str(err)})
+                continue
+            label = class_index[rel.parts[0]] if len(rel.parts) > 1 else -1
+            split = "test" if label >= 0 and _is_test(image_id, test_fraction) else "train"
+            writer = writers[split]
+            if limit is None or writer.written + len(writer.rows) < limit:
+                writer.add(encode_png(np.asarray(img)), label, image_id)
+        for writer in writers.values():
+            writer.flush()
+        if writers["train"].written == 0 and writers["test"].written == 0:
+            why = f"all {len(skipped)} image files were unreadable" if skipped else "no image files found"
+            raise DataError(f"{root}: {why}; image suffixes read: {', '.join(sorted(IMAGE_SUFFIXES))}")
+    manifest = {
+        "source": source,
+        "mode": mode,
+        "channels": 1 if mode == "L" else 3,
+        "image_size": image_size,
+        "classes": classes,
+        "splits": {s: w.summary() for s, w in writers.items()},
+        "skipped_count": len(skipped),
+        "skipped": skipped,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return ShardResult(out, manifest)
+
+
+# ---------------------------------------------------------------- reading shards
+
+
+def resolve_uri(path_or_uri: str) -> str:
+    """Absolute local path, or the URI unchanged (s3://, gs://, ...): Ray workers chdir elsewhere."""
+    return path_or_uri if "://" in path_or_uri else str(Path(path_or_uri).expanduser().resolve())
+
+
+def read_manifest(shards: str) -> dict:
+    uri = resolve_uri(shards)
+    fs, base = pafs.FileSystem.from_uri(uri)
+    try:
+        with fs.open_input_stream(f"{base}/manifest.json") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        raise DataError(f"{uri}/manifest.json: not found; write shards first with 'rayssl shard SOURCE --out {shards}'") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{uri}/manifest.json: not valid JSON ({err}); re-run 'rayssl shard'") from None
+
+
+def split_uri(shards: str, split: str) -> str:
+    return f"{resolve_uri(shards)}/{split}"
+
+
+def load_labeled(shards: str, split: str, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded labeled images (N, H, W, C) and labels of one split, for the probes."""
+    import pyarrow.dataset as pads
+
+    uri = split_uri(shards, split)
+    try:
+        table = pads.dataset(uri, format="parquet").to_table(columns=["image", "label"], filter=pads.field("label") >= 0)
+    except (pa.ArrowInvalid, FileNotFoundError, OSError) as err:
+        raise DataError(f"{uri}: cannot read shards ({err}); re-run 'rayssl shard'") from None
+    if max_images is not None:
+        table = table.slice(0, max_images)
+    if table.num_rows == 0:
+        raise DataError(f"{uri}: no labeled images; probes need class sub-folders (or fashion-mnist)")
+    batch = decode_png_batch({"image": table.column("image").to_numpy(zero_copy_only=False)})
+    return batch["image"], table.column("label").to_numpy()

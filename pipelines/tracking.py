@@ -1,0 +1,134 @@
+"""MLflow, and the only module that imports it.
+
+Everything goes through an ``MlflowClient`` bound to an absolute tracking URI, so
+the driver and Ray workers (which ``chdir`` into their own folders) write to the
+same store. Runs always end FINISHED, FAILED or KILLED.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+DEFAULT_DB = "mlflow.db"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which URI and what to do."""
+
+
+def resolve_tracking_uri(configured: str | None, runs_dir: str | Path) -> str:
+    """``configured``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<abs runs_dir>/mlflow.db``."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        if "://" not in uri:  # a bare folder path: make it absolute before Ray workers chdir
+            return str(Path(uri).resolve())
+        return uri
+    runs = Path(runs_dir).resolve()
+    runs.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{runs / DEFAULT_DB}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """For a local SQLite store, artifacts live beside the database."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return None
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any training, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+            resp.read()
+    except OSError as err:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({err}); start it or pass another --tracking-uri"
+        ) from None
+
+
+def client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=_artifact_root(uri))
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+    """Create a RUNNING run with ``params`` and return its id."""
+    c = client(uri)
+    run = c.create_run(experiment_id(uri, experiment), run_name=run_name, tags=tags or {})
+    items = [Param(k, _param_value(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        c.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    timestamp = int(1000 * time.time())
+    items = [Metric(k, float(v), timestamp, step or 0) for k, v in metrics.items()]
+    client(uri).log_batch(run_id, metrics=items)
+
+
+def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    client(uri).set_terminated(run_id, status=status)
+
+
+@contextmanager
+def run_status(uri: str, run_id: str) -> Iterator[None]:
+    """End the run FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on any other exception."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        end_run(uri, run_id, "KILLED")
+        raise
+    except BaseException:
+        end_run(uri, run_id, "FAILED")
+        raise
+    else:
+        end_run(uri, run_id, "FINISHED")
+
+
+def get_run(uri: str, run_id: str):
+    return client(uri).get_run(run_id)
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client(uri).get_metric_history(run_id, key)]
+
+
+def search_runs(uri: str, experiment: str, filter_string: str = "") -> list:
+    exp = client(uri).get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client(uri).search_runs([exp.experiment_id], filter_string=filter_string)
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {uri} in a browser"

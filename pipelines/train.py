@@ -1,0 +1,278 @@
+"""Pretraining with Ray Train: the driver function, the per-worker loop and the epoch.
+
+The driver validates everything, opens the MLflow run, streams the shards through
+Ray Data into a ``TorchTrainer``, probes the final checkpoint and closes the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.data
+import ray.train
+import torch
+import torch.distributed as dist
+import yaml
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+import ssl_models
+from pipelines import tracking
+from pipelines.config import Config, ConfigError
+from pipelines.data import decode_png_batch, read_manifest, split_uri
+from pipelines.evaluate import build_method, run_probes
+from ssl_models.optim import build_optimizer
+from ssl_models.schedules import warmup_cosine
+
+
+@dataclass
+class PretrainResult:
+    run_id: str
+    tracking_uri: str
+    metrics: dict[str, float]
+    checkpoint_dir: str
+    wall_s: float
+
+
+# ---------------------------------------------------------------- data stage
+
+
+class ViewsFromPNG:
+    """Ray Data ``map_batches`` callable: decode PNG bytes, then the method's view policy."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, batch):
+        decoded = decode_png_batch(batch)
+        return decoded if self.policy is None else self.policy(decoded)
+
+
+def view_policy(cfg: Config, manifest: dict):
+    method_cls = ssl_models.method_class(cfg.method.name)
+    a = cfg.data.augment
+    return ssl_models.create_views(
+        method_cls.view_policy,
+        image_size=cfg.data.crop_size or manifest["image_size"][0],
+        num_views=method_cls.num_views,
+        crop_scale=a.crop_scale,
+        flip_p=a.flip_p,
+        jitter_strength=a.jitter_strength,
+        jitter_p=a.jitter_p,
+        grayscale_p=a.grayscale_p,
+        blur_p=a.blur_p,
+        blur_sigma=a.blur_sigma,
+    )
+
+
+def build_pretrain_dataset(cfg: Config, manifest: dict) -> ray.data.Dataset:
+    """Stream the train shards: read Parquet, decode, and (on CPU) make the views, per sample and per epoch."""
+    ds = ray.data.read_parquet(split_uri(cfg.data.shards, "train"), columns=["image"], shuffle="files")
+    if cfg.data.max_train_images:
+        ds = ds.limit(cfg.data.max_train_images)
+    policy = view_policy(cfg, manifest) if cfg.data.augment_on == "cpu" else None
+    return ds.map_batches(ViewsFromPNG(policy), batch_size=256)
+
+
+def train_images(cfg: Config, manifest: dict) -> int:
+    rows = manifest["splits"]["train"]["rows"]
+    return min(rows, cfg.data.max_train_images or rows)
+
+
+# ---------------------------------------------------------------- worker loop
+
+
+def _save_checkpoint(model, optimizer, epoch: int, cfg: Config, manifest: dict, folder: str) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "config": cfg.model_dump(mode="json"),
+        "manifest": {k: manifest[k] for k in ("mode", "channels", "image_size", "classes")},
+    }
+    torch.save(state, Path(folder) / "checkpoint.pt")
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """One Ray Train worker: DDP model, streamed views, one report + checkpoint per epoch."""
+    cfg = Config.model_validate(loop_config["config"])
+    manifest, run_id, uri = loop_config["manifest"], loop_config["run_id"], loop_config["tracking_uri"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed + rank)
+    device = ray.train.torch.get_device()
+
+    method = build_method(cfg, manifest)
+    optimizer = build_optimizer(cfg.optim.name, method, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum)
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # restarted after a failure: continue where the last epoch ended
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+    model = ray.train.torch.prepare_model(method)
+    inner = model.module if hasattr(model, "module") else model
+
+    per_worker = cfg.data.batch_size // world
+    steps_per_epoch = max(1, train_images(cfg, manifest) // world // per_worker)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    warmup_steps = int(cfg.optim.warmup_epochs * steps_per_epoch)
+    base_lr = cfg.optim.lr * cfg.data.batch_size / 256  # linear scaling rule
+    policy = view_policy(cfg, manifest) if cfg.data.augment_on == "device" else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.use_gpu else contextlib.nullcontext()
+    shard = ray.train.get_dataset_shard("train")
+
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, cfg.train.epochs):
+        model.train()
+        loss_sum, acc_sum, batches, images = 0.0, 0.0, 0, 0
+        lr = base_lr
+        t0 = time.perf_counter()
+        for batch in shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device=device):
+            if policy is not None:
+                batch = policy.apply(batch["image"])
+            lr = warmup_cosine(step, total_steps, warmup_steps, base_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                out = model(batch)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower optim.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            inner.on_step_end(step, total_steps)
+            step += 1
+            batches += 1
+            images += per_worker
+            loss_sum += loss.item()
+            acc_sum += float(out.get("proxy_acc", torch.tensor(0.0)))
+        seconds = time.perf_counter() - t0
+        loss_sum, acc_sum, batches, images = _all_reduce_sum([loss_sum, acc_sum, batches, images], device)
+        metrics = {
+            "train/loss": loss_sum / max(batches, 1),
+            "train/proxy_acc": acc_sum / max(batches, 1),
+            "train/images_per_s": images / seconds,
+            "train/lr": lr,
+            "epoch": epoch + 1,
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                _save_checkpoint(inner, optimizer, epoch, cfg, manifest, folder)
+                tracking.log_metrics(uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+                print(
+                    f"epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.3f}  "
+                    f"proxy_acc {metrics['train/proxy_acc']:.2f}  {metrics['train/images_per_s']:.0f} images/s  "
+                    f"lr {lr:.4f}",
+                    flush=True,
+                )
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder) if rank == 0 else None)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def validate(cfg: Config) -> dict:
+    """Everything that can be checked before Ray starts; returns the shards' manifest."""
+    manifest = read_manifest(cfg.data.shards)
+    size = manifest["image_size"][0]
+    if cfg.data.crop_size is not None and cfg.data.crop_size > size:
+        raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than the {size} px images; use at most {size}")
+    try:
+        build_method(cfg, manifest)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method: {err}") from None
+    return manifest
+
+
+def _fit_with_timeout(trainer: TorchTrainer, timeout_s: float | None):
+    if timeout_s is None:
+        return trainer.fit()
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # handed to the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"pretraining did not finish within train.timeout_s={timeout_s}")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, log_to_driver=True)
+
+
+def pretrain(cfg: Config) -> PretrainResult:
+    """Pretrain, probe and record one run; returns the MLflow run id and final metrics."""
+    manifest = validate(cfg)
+    runs_dir = Path(cfg.tracking.runs_dir).resolve()
+    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, runs_dir)
+    tracking.check_reachable(uri)
+    run_name = cfg.tracking.run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = tracking.start_run(uri, cfg.tracking.experiment, run_name, cfg.flat(), tags={"rayssl.kind": "pretrain"})
+    t0 = time.perf_counter()
+    with tracking.run_status(uri, run_id):
+        with tempfile.TemporaryDirectory() as tmp:
+            config_file = Path(tmp) / "config.yaml"
+            config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            tracking.log_artifact(uri, run_id, config_file)
+        ensure_ray()
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "config": cfg.model_dump(mode="json"),
+                "manifest": manifest,
+                "run_id": run_id,
+                "tracking_uri": uri,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=cfg.train.num_workers,
+                use_gpu=cfg.train.use_gpu,
+                resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+            ),
+            run_config=RunConfig(
+                name=f"{run_name}-{run_id[:8]}",
+                storage_path=str(runs_dir / "ray"),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            ),
+            datasets={"train": build_pretrain_dataset(cfg, manifest)},
+        )
+        result = _fit_with_timeout(trainer, cfg.train.timeout_s)
+        with result.checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
+            tracking.log_artifact(uri, run_id, Path(folder) / "checkpoint.pt", "checkpoint")
+        method = build_method(cfg, manifest)
+        method.load_state_dict(state["model"])
+        metrics = run_probes(method, cfg)
+        wall = time.perf_counter() - t0
+        metrics["wall_s"] = wall
+        metrics.update({k: v for k, v in (result.metrics or {}).items() if k.startswith("train/")})
+        tracking.log_metrics(uri, run_id, metrics, step=cfg.train.epochs)
+    return PretrainResult(run_id, uri, metrics, result.checkpoint.path, wall)

@@ -1,0 +1,117 @@
+"""Batched augmentations with their own random parameters for every sample.
+
+Each function takes float images (N, C, H, W) in [0, 1] and a ``torch.Generator``
+and runs as a handful of tensor ops on the whole batch, so the same code is fast
+in a Ray Data CPU task and on a GPU (``data.augment_on: device``). Per-image
+Python loops (torchvision's usual per-sample transforms) were the bottleneck.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=device) * (high - low) + low
+
+
+def random_resized_crop_flip(
+    images: torch.Tensor,
+    size: int,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_p: float = 0.5,
+) -> torch.Tensor:
+    """Random resized crop to ``size`` x ``size`` plus horizontal flip, one affine warp per sample.
+
+    Crop area is drawn from ``scale`` (fraction of the image) and aspect ratio
+    log-uniformly from ``ratio``, as in torchvision's RandomResizedCrop.
+    """
+    n, device = images.shape[0], images.device
+    area = _uniform(n, scale[0], scale[1], gen, device)
+    log_ratio = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), gen, device)
+    aspect = torch.exp(log_ratio)
+    width = torch.sqrt(area * aspect).clamp(max=1.0)  # fraction of the image width
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    # centre in normalized [-1, 1] coordinates so that the crop stays inside the image
+    cx = (torch.rand(n, generator=gen, device=device) * 2 - 1) * (1 - width)
+    cy = (torch.rand(n, generator=gen, device=device) * 2 - 1) * (1 - height)
+    flip = torch.where(torch.rand(n, generator=gen, device=device) < flip_p, -1.0, 1.0).to(device)
+    theta = torch.zeros(n, 2, 3, device=device, dtype=images.dtype)
+    theta[:, 0, 0] = width * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def color_jitter(
+    images: torch.Tensor,
+    gen: torch.Generator,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    p: float = 0.8,
+) -> torch.Tensor:
+    """Brightness, contrast and (for RGB) saturation jitter, applied with probability ``p``."""
+    n, device = images.shape[0], images.device
+    apply = (torch.rand(n, generator=gen, device=device) < p).to(images.dtype).view(n, 1, 1, 1)
+    b = _uniform(n, 1 - brightness, 1 + brightness, gen, device).view(n, 1, 1, 1)
+    c = _uniform(n, 1 - contrast, 1 + contrast, gen, device).view(n, 1, 1, 1)
+    out = images * b
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * c + mean
+    if images.shape[1] == 3:
+        s = _uniform(n, 1 - saturation, 1 + saturation, gen, device).view(n, 1, 1, 1)
+        gray = _gray(out)
+        out = (out - gray) * s + gray
+    out = out.clamp(0, 1)
+    return apply * out + (1 - apply) * images
+
+
+def _gray(images: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def random_grayscale(images: torch.Tensor, gen: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    """Turn RGB images gray with probability ``p``; 1-channel images pass through."""
+    if images.shape[1] != 3 or p <= 0:
+        return images
+    n = images.shape[0]
+    apply = (torch.rand(n, generator=gen, device=images.device) < p).to(images.dtype).view(n, 1, 1, 1)
+    return apply * _gray(images).expand_as(images) + (1 - apply) * images
+
+
+def gaussian_blur(
+    images: torch.Tensor, gen: torch.Generator, p: float = 0.5, sigma: tuple[float, float] = (0.1, 1.0)
+) -> torch.Tensor:
+    """Gaussian blur with probability ``p`` and sigma, in pixels of the view, uniform in ``sigma``.
+
+    SimCLR draws sigma in [0.1, 2.0] at 224 px; for 28-32 px images a maximum of
+    about 1 px blurs as much relative to the image. Each sample gets its own
+    separable kernel, applied to the whole batch as one grouped convolution.
+    """
+    n, c, h, w = images.shape
+    if p <= 0:
+        return images
+    device, dtype = images.device, images.dtype
+    sig = _uniform(n, sigma[0], sigma[1], gen, device).to(dtype)
+    radius = max(1, math.ceil(2 * sigma[1]))
+    xs = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    kernel = torch.exp(-(xs.view(1, -1) ** 2) / (2 * sig.view(-1, 1) ** 2))
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (n, k)
+    apply = torch.rand(n, generator=gen, device=device) < p
+    identity = torch.zeros_like(kernel)
+    identity[:, radius] = 1
+    kernel = torch.where(apply.view(-1, 1), kernel, identity).repeat_interleave(c, dim=0)  # (n*c, k)
+    x = images.reshape(1, n * c, h, w)
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(n * c, 1, 1, -1), groups=n * c)
+    x = F.conv2d(x, kernel.view(n * c, 1, -1, 1), groups=n * c)
+    return x.view(n, c, h, w)

@@ -1,0 +1,3 @@
+"""Importing this package registers every method."""
+
+from ssl_models.methods import simclr  # noqa: F401

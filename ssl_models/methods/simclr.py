@@ -1,0 +1,44 @@
+"""SimCLR: Chen et al., 2020, https://arxiv.org/abs/2002.05709."""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_models.heads import SimCLRProjectionHead
+from ssl_models.losses import nt_xent_logits
+from ssl_models.methods.base import SSLMethod
+from ssl_models.registry import register_method
+
+
+@register_method("simclr")
+class SimCLR(SSLMethod):
+    """Two augmented views, a 2-layer projection head, and NT-Xent over all 2N views.
+
+    Paper defaults: temperature 0.5 (CIFAR-10), 128-d projection, LARS with
+    lr = 0.3 x batch / 256, 10 warm-up epochs then cosine decay, weight decay 1e-6.
+    Negatives are gathered from every worker (see ``ssl_models.losses.nt_xent``).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "small_cnn",
+        in_channels: int = 3,
+        image_size: int = 32,
+        temperature: float = 0.5,
+        projection_dim: int = 128,
+        hidden_dim: int = 512,
+    ):
+        super().__init__(backbone, in_channels, image_size)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.projection_head = SimCLRProjectionHead(self.encoder.num_features, hidden_dim, projection_dim)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        z0 = self.projection_head(self.encoder(batch["view_0"]))
+        z1 = self.projection_head(self.encoder(batch["view_1"]))
+        logits, targets = nt_xent_logits(z0, z1, self.temperature)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        # How often the positive ranks first among all candidates.
+        proxy_acc = (logits.detach().argmax(dim=1) == targets).float().mean()
+        return {"loss": loss, "proxy_acc": proxy_acc}

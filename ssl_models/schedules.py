@@ -1,0 +1,14 @@
+"""Schedules as pure functions of the step (as in DINO)."""
+
+from __future__ import annotations
+
+import math
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base: float, final: float = 0.0) -> float:
+    """Linear warm-up from 0 to ``base`` over ``warmup_steps``, then cosine decay to ``final``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * progress))

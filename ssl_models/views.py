@@ -1,0 +1,121 @@
+"""View policies: the per-sample augmented views a method trains on.
+
+A policy is a callable taking a Ray Data numpy batch ``{"image": uint8 (N, H, W, C),
+...}`` and returning the batch dict (``view_0``, ``view_1``, ...; other columns such
+as ``label`` pass through). ``policy.apply(images)`` does the same on a uint8 tensor
+already on the training device (``data.augment_on: device``). Either way every
+sample gets its own random parameters, drawn anew on every call (every epoch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ssl_models import augment
+
+# Pixel normalization used everywhere (training views and probes): [0, 1] -> [-1, 1].
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.5
+
+_VIEWS: dict[str, Callable[..., object]] = {}
+
+
+def register_views(name: str):
+    def add(cls):
+        _VIEWS[name] = cls
+        return cls
+
+    return add
+
+
+def list_views() -> list[str]:
+    return sorted(_VIEWS)
+
+
+def create_views(name: str, **kwargs):
+    """Build the view policy ``name`` with its keyword arguments."""
+    if name not in _VIEWS:
+        raise ValueError(f"unknown view policy {name!r}; known: {', '.join(list_views())}")
+    return _VIEWS[name](**kwargs)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1]."""
+    return images.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return (x - PIXEL_MEAN) / PIXEL_STD
+
+
+def model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Un-augmented model input for probes: uint8 (N, H, W, C) -> normalized float (N, C, H, W)."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    return normalize(to_float(images))
+
+
+def _generator(device: torch.device, seed: int | None) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+    return gen
+
+
+@register_views("multi_view")
+class MultiViewPolicy:
+    """``num_views`` SimCLR-style views: random resized crop, flip, colour jitter,
+    grayscale (RGB only) and Gaussian blur, then normalization.
+
+    Defaults follow SimCLR's CIFAR-10 recipe (arXiv:2002.05709, appendix B.9), with
+    blur added as in its ImageNet recipe at a strength scaled to small images.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        num_views: int = 2,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        flip_p: float = 0.5,
+        jitter_strength: float = 0.4,
+        jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
+        blur_p: float = 0.5,
+        blur_sigma: tuple[float, float] = (0.1, 1.0),
+        seed: int | None = None,
+    ):
+        self.image_size = image_size
+        self.num_views = num_views
+        self.crop_scale = tuple(crop_scale)
+        self.flip_p = flip_p
+        self.jitter_strength = jitter_strength
+        self.jitter_p = jitter_p
+        self.grayscale_p = grayscale_p
+        self.blur_p = blur_p
+        self.blur_sigma = tuple(blur_sigma)
+        self.seed = seed
+
+    def view(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """One normalized view of float images (N, C, H, W) in [0, 1]."""
+        x = augment.random_resized_crop_flip(x, self.image_size, gen, scale=self.crop_scale, flip_p=self.flip_p)
+        s = self.jitter_strength
+        x = augment.color_jitter(x, gen, brightness=s, contrast=s, saturation=s, p=self.jitter_p)
+        x = augment.random_grayscale(x, gen, p=self.grayscale_p)
+        x = augment.gaussian_blur(x, gen, p=self.blur_p, sigma=self.blur_sigma)
+        return normalize(x)
+
+    def apply(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of uint8 images (N, H, W, C) on any device."""
+        gen = _generator(images.device, self.seed)
+        x = to_float(images)
+        return {f"view_{i}": self.view(x, gen) for i in range(self.num_views)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = torch.from_numpy(np.ascontiguousarray(batch["image"]))
+        out = {k: v for k, v in batch.items() if k != "image"}
+        with torch.no_grad():
+            out.update({k: v.numpy() for k, v in self.apply(images).items()})
+        return out

@@ -1,0 +1,93 @@
+"""Session-wide real components: one local Ray instance, Fashion-MNIST shards, an MLflow server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipelines.data import FASHION_MNIST_DIR, write_shards
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def fmnist_shards(tmp_path_factory) -> Path:
+    """A small real Fashion-MNIST subset: 1,024 train and 512 test images."""
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail("Fashion-MNIST missing: run 'make test' (installs dataset-fashion-mnist)")
+    out = tmp_path_factory.mktemp("fmnist") / "shards"
+    write_shards("fashion-mnist", out, rows_per_shard=256, limit=1024)
+    # keep the test split smaller than train
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray instance for the whole session (start-up costs ~8 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            object_store_memory=256 << 20,
+            resources={"trial_driver": 100},
+            include_dashboard=True,
+            log_to_driver=True,
+        )
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` process on 127.0.0.1 with a SQLite store; yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:  # poll the health endpoint until the server answers
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}") from None
+            time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()

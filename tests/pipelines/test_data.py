@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipelines.data import DataError, load_labeled, read_fashion_mnist, write_shards
+
+
+def test_fashion_mnist_round_trip(tmp_path):
+    result = write_shards("fashion-mnist", tmp_path / "s", rows_per_shard=100, limit=250)
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["rows"] == 250
+    assert manifest["splits"]["test"]["rows"] == 250
+    assert len(manifest["splits"]["train"]["shards"]) == 3  # 100 + 100 + 50
+    assert manifest["image_size"] == [28, 28] and manifest["mode"] == "L" and len(manifest["classes"]) == 10
+    assert result.skipped == []
+    images, labels = load_labeled(str(tmp_path / "s"), "train")
+    raw_images, raw_labels = read_fashion_mnist("train")
+    np.testing.assert_array_equal(images[..., 0], raw_images[:250])  # PNG is lossless
+    np.testing.assert_array_equal(labels, raw_labels[:250])
+    table = pq.read_table(tmp_path / "s" / "train" / "part-00000.parquet")
+    assert table.column_names == ["image", "label", "id"]
+    assert table.column("id")[0].as_py() == "fashion-mnist/train/00000"
+
+
+def _folder_with_bad_files(root):
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(root / "unlabeled.png")
+    (root / "cats" / "empty.png").write_bytes(b"")
+    (root / "dogs" / "notes.png").write_text("this is not an image")
+    good = (root / "cats" / "0.png").read_bytes()
+    (root / "dogs" / "truncated.png").write_bytes(good[: len(good) // 2])
+
+
+def test_folder_shards_label_by_subfolder_and_skip_bad_files(tmp_path):
+    _folder_with_bad_files(tmp_path / "src")
+    result = write_shards(str(tmp_path / "src"), tmp_path / "out", size=16, test_fraction=0.3)
+    m = result.manifest
+    assert m["classes"] == ["cats", "dogs"]
+    assert m["splits"]["train"]["rows"] + m["splits"]["test"]["rows"] == 13
+    assert m["splits"]["train"]["labeled"] + m["splits"]["test"]["labeled"] == 12
+    assert m["skipped_count"] == 3
+    reasons = {s["file"]: s["reason"] for s in m["skipped"]}
+    assert reasons["cats/empty.png"] == "zero-byte file"
+    assert "cannot decode" in reasons["dogs/notes.png"]
+    assert "dogs/truncated.png" in reasons
+    images, labels = load_labeled(str(tmp_path / "out"), "train")
+    assert images.shape[1:] == (16, 16, 3) and images.dtype == np.uint8
+    assert set(labels.tolist()) <= {0, 1}
+
+
+def test_strict_stops_at_first_bad_file_naming_it(tmp_path):
+    _folder_with_bad_files(tmp_path / "src")
+    with pytest.raises(DataError, match=r"cats/empty\.png: zero-byte file"):
+        write_shards(str(tmp_path / "src"), tmp_path / "out", strict=True)
+
+
+def test_missing_and_empty_sources_fail_with_one_line(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        write_shards(str(tmp_path / "nope"), tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files found"):
+        write_shards(str(tmp_path / "empty"), tmp_path / "out")
