@@ -6,6 +6,7 @@ call ``probe_checkpoint``/``run_probes``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +63,17 @@ def linear_probe_top1(
     batch_size: int = 256,
     weight_decay: float = 1e-5,
     seed: int = 0,
+    min_steps: int = 300,
 ) -> float:
     """Top-1 test accuracy of a softmax classifier trained on standardized frozen features."""
     gen = torch.Generator().manual_seed(seed)
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     xtr, xte = (train_x - mean) / std, (test_x - mean) / std
-    ytr = torch.as_tensor(train_y, dtype=torch.long)
+    ytr = torch.tensor(np.asarray(train_y), dtype=torch.long)
     clf = nn.Linear(xtr.shape[1], num_classes)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    # Small labeled sets still get enough steps to converge (at least ``min_steps``).
+    epochs = max(epochs, math.ceil(min_steps / math.ceil(len(xtr) / batch_size)))
     steps = epochs * math.ceil(len(xtr) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(epochs):
@@ -101,7 +105,7 @@ def knn_top1(
     each of the k nearest training features votes for its class with weight exp(sim / T)."""
     train_n = F.normalize(train_x, dim=1)
     test_n = F.normalize(test_x, dim=1)
-    labels = torch.as_tensor(train_y, dtype=torch.long)
+    labels = torch.tensor(np.asarray(train_y), dtype=torch.long)
     k = min(k, len(train_n))
     correct = 0
     for i in range(0, len(test_n), chunk):
@@ -136,9 +140,15 @@ def pixels_linear_top1(splits: LabeledSplits, probe: ProbeConfig) -> float:
 
 
 def build_method(cfg: Config, manifest: dict) -> nn.Module:
-    """The configured method for images of the shards' channels and size."""
+    """The configured method for images of the shards' channels and size.
+
+    The shared ``method`` fields (temperature, projection sizes) go to the methods
+    whose constructor takes them; ``method.kwargs`` go as given, so a misspelt one fails.
+    """
     m = cfg.method
-    kwargs = {"temperature": m.temperature, "projection_dim": m.projection_dim, "hidden_dim": m.hidden_dim}
+    accepted = inspect.signature(ssl_models.method_class(m.name)).parameters
+    shared = {"temperature": m.temperature, "projection_dim": m.projection_dim, "hidden_dim": m.hidden_dim}
+    kwargs = {k: v for k, v in shared.items() if k in accepted}
     kwargs.update(m.kwargs)
     image_size = cfg.data.crop_size or manifest["image_size"][0]
     return ssl_models.create_method(

@@ -73,7 +73,7 @@ def view_policy(cfg: Config, manifest: dict):
 
 def build_pretrain_dataset(cfg: Config, manifest: dict) -> ray.data.Dataset:
     """Stream the train shards: read Parquet, decode, and (on CPU) make the views, per sample and per epoch."""
-    ds = ray.data.read_parquet(split_uri(cfg.data.shards, "train"), columns=["image"], shuffle="files")
+    ds = ray.data.read_parquet(split_uri(cfg.data.shards, "train"), shuffle="files").select_columns(["image"])
     if cfg.data.max_train_images:
         ds = ds.limit(cfg.data.max_train_images)
     policy = view_policy(cfg, manifest) if cfg.data.augment_on == "cpu" else None

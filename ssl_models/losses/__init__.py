@@ -1,5 +1,15 @@
-"""Losses of embeddings only, with the papers' defaults."""
+"""Losses of embeddings only, with the papers' defaults: one loss (or family) per module.
 
-from ssl_models.losses.nt_xent import nt_xent, nt_xent_logits
+Every public name of every module here (its ``__all__``) is re-exported, so
+``from ssl_models.losses import nt_xent`` works for each of them.
+"""
 
-__all__ = ["nt_xent", "nt_xent_logits"]
+import importlib
+import pkgutil
+
+__all__: list[str] = []
+for _module in pkgutil.iter_modules(__path__):
+    _mod = importlib.import_module(f"{__name__}.{_module.name}")
+    for _name in getattr(_mod, "__all__", []):
+        globals()[_name] = getattr(_mod, _name)
+        __all__.append(_name)

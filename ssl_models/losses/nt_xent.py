@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from ssl_models.distributed import gather_with_grad, rank
 
+__all__ = ["nt_xent", "nt_xent_logits"]
+
 
 def _check_temperature(temperature: float) -> None:
     if temperature < 1e-8:

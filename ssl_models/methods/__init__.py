@@ -1,3 +1,7 @@
-"""Importing this package registers every method."""
+"""Importing this package registers every method: each module here registers its own."""
 
-from ssl_models.methods import simclr  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

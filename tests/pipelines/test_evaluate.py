@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.evaluate import knn_top1, linear_probe_top1
+
+
+def _blobs(n_per_class=60, classes=3, dim=8, spread=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim)) * 3
+    x = np.concatenate([c + spread * rng.normal(size=(n_per_class, dim)) for c in centres])
+    y = np.repeat(np.arange(classes), n_per_class)
+    return torch.tensor(x, dtype=torch.float32), y
+
+
+def test_linear_probe_separates_separable_classes_and_is_at_chance_on_noise():
+    x, y = _blobs()
+    assert linear_probe_top1(x, y, x, y, num_classes=3, epochs=20, lr=1e-2) == 1.0
+    rng = np.random.default_rng(1)
+    noise = torch.tensor(rng.normal(size=(600, 8)), dtype=torch.float32)
+    labels = rng.integers(0, 2, 600)
+    acc = linear_probe_top1(noise[:300], labels[:300], noise[300:], labels[300:], 2, epochs=5)
+    assert 0.35 < acc < 0.65
+
+
+def _knn_reference(train_x, train_y, test_x, k, t, classes):
+    train_n = F.normalize(train_x, dim=1).numpy()
+    test_n = F.normalize(test_x, dim=1).numpy()
+    preds = []
+    for q in test_n:
+        sims = train_n @ q
+        top = np.argsort(-sims)[:k]
+        votes = np.zeros(classes)
+        for i in top:
+            votes[train_y[i]] += np.exp(sims[i] / t)
+        preds.append(votes.argmax())
+    return np.array(preds)
+
+
+def test_knn_matches_a_loop_reference():
+    train_x, train_y = _blobs(spread=2.5, seed=2)
+    test_x, test_y = _blobs(n_per_class=20, spread=2.5, seed=3)
+    for k in (1, 5, 50):
+        expected = float((_knn_reference(train_x, train_y, test_x, k, 0.07, 3) == test_y).mean())
+        assert knn_top1(train_x, train_y, test_x, test_y, 3, k=k, chunk=7) == pytest.approx(expected)

@@ -1,0 +1,37 @@
+"""The MLflow side against a real SQLite store: default location, params, metrics and end states."""
+
+import contextlib
+
+import pytest
+
+from pipelines import tracking
+
+
+def test_default_store_is_an_absolute_sqlite_uri_in_runs_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.resolve_tracking_uri(None, "rayssl-runs")
+    assert uri == f"sqlite:///{tmp_path / 'rayssl-runs' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking.resolve_tracking_uri(None, "rayssl-runs") == "http://127.0.0.1:1"
+
+
+@pytest.mark.parametrize(("error", "status"), [(None, "FINISHED"), (RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
+def test_runs_end_finished_failed_or_killed(tmp_path, error, status):
+    uri = tracking.resolve_tracking_uri(None, tmp_path)
+    run_id = tracking.start_run(uri, "exp", "r", {"optim.lr": 0.1, "method.name": "simclr"})
+    with pytest.raises(error) if error else contextlib.nullcontext():
+        with tracking.run_status(uri, run_id):
+            tracking.log_metrics(uri, run_id, {"train/loss": 2.5}, step=1)
+            if error:
+                raise error("boom")
+    run = tracking.get_run(uri, run_id)
+    assert run.info.status == status
+    assert run.data.params == {"optim.lr": "0.1", "method.name": "simclr"}
+    assert tracking.metric_history(uri, run_id, "train/loss") == [(1, 2.5)]
+    assert (tmp_path / "mlflow.db").is_file()
+
+
+def test_unreachable_server_fails_fast_with_one_line():
+    with pytest.raises(tracking.TrackingError, match=r"http://127\.0\.0\.1:9 is unreachable"):
+        tracking.check_reachable("http://127.0.0.1:9", timeout_s=2)
