@@ -20,6 +20,10 @@ class SSLMethod(nn.Module):
     num_views: int = 2
     # Contrastive losses need at least two images per worker batch.
     min_batch_per_worker: int = 2
+    # Methods that only make sense on colour images (colorization) set this.
+    requires_rgb: bool = False
+    # The smallest backbone that fits the method, used by the unit tests.
+    tiny_backbone: str = "tiny_cnn"
 
     def __init__(self, backbone: str = "small_cnn", in_channels: int = 3, image_size: int = 32):
         super().__init__()

@@ -12,16 +12,18 @@ def test_unknown_method_lists_known_names():
 @pytest.mark.parametrize("name", ssl_models.list_methods())
 def test_one_training_step_trains_every_encoder_parameter(name):
     torch.manual_seed(0)
-    method = ssl_models.create_method(name, backbone="tiny_cnn", in_channels=1, image_size=16)
-    policy = ssl_models.create_views(method.view_policy, image_size=16, num_views=method.num_views, seed=0)
-    images = torch.randint(0, 255, (8, 20, 20, 1), dtype=torch.uint8)
+    cls = ssl_models.method_class(name)
+    channels = 3 if cls.requires_rgb else 1
+    method = ssl_models.create_method(name, backbone=cls.tiny_backbone, in_channels=channels, image_size=32)
+    policy = ssl_models.create_views(method.view_policy, image_size=32, num_views=method.num_views, seed=0)
+    images = torch.randint(0, 255, (8, 36, 36, channels), dtype=torch.uint8)
     out = method(policy.apply(images))
     assert torch.isfinite(out["loss"])
     assert 0.0 <= float(out["proxy_acc"]) <= 1.0
     out["loss"].backward()
     for pname, p in method.encoder.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
-    assert method.embed(torch.zeros(2, 1, 16, 16)).shape == (2, method.encoder.num_features)
+    assert method.embed(torch.zeros(2, channels, 32, 32)).shape == (2, method.encoder.num_features)
 
 
 @pytest.mark.parametrize("backbone", ["small_cnn", "resnet18"])
