@@ -73,6 +73,8 @@ def view_policy(cfg: Config, manifest: dict):
 
 def build_pretrain_dataset(cfg: Config, manifest: dict) -> ray.data.Dataset:
     """Stream the train shards: read Parquet, decode, and (on CPU) make the views, per sample and per epoch."""
+    # One progress line per epoch from the trainer is enough; Ray Data's bars flood a terminal log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.read_parquet(split_uri(cfg.data.shards, "train"), shuffle="files").select_columns(["image"])
     if cfg.data.max_train_images:
         ds = ds.limit(cfg.data.max_train_images)
