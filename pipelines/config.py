@@ -62,7 +62,8 @@ class OptimConfig(_Strict):
     lr: float = Field(0.06, gt=0)  # base lr for a batch of 256; scaled linearly with the batch
     weight_decay: float = Field(5e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up, then cosine decay to 0
+    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up, then the schedule
+    schedule: Literal["cosine", "step", "constant"] = "cosine"  # cosine to 0; step: /10 at 60% and 80%; constant
 
 
 class TrainConfig(_Strict):
@@ -83,6 +84,7 @@ class ProbeConfig(_Strict):
     max_train_images: int | None = Field(None, ge=10)  # labeled images used to fit probes (None = all)
     max_test_images: int | None = Field(None, ge=10)
     baselines: bool = True  # also probe raw pixels and a random-init encoder
+    epoch_knn_images: int = Field(2000, ge=0)  # labeled images for the cheap per-epoch kNN (0 = off); Tune acts on it
 
 
 class TrackingConfig(_Strict):

@@ -113,6 +113,24 @@ def run_status(uri: str, run_id: str) -> Iterator[None]:
         end_run(uri, run_id, "FINISHED")
 
 
+def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
+    client(uri).set_tag(run_id, key, value)
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a run RUNNING again when its work resumes (so it ends with its true status)."""
+    client(uri).update_run(run_id, status="RUNNING")
+
+
+def find_runs(uri: str, experiment: str, tags: dict[str, str]) -> list:
+    """Runs of ``experiment`` carrying every tag in ``tags``, newest first."""
+    exp = client(uri).get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return client(uri).search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
+
+
 def get_run(uri: str, run_id: str):
     return client(uri).get_run(run_id)
 

@@ -25,10 +25,10 @@ from ray.train.torch import TorchTrainer
 import ssl_models
 from pipelines import tracking
 from pipelines.config import Config, ConfigError
-from pipelines.data import decode_png_batch, read_manifest, split_uri
-from pipelines.evaluate import build_method, run_probes
+from pipelines.data import decode_png_batch, load_labeled, read_manifest, split_uri
+from pipelines.evaluate import build_method, extract_features, knn_top1, run_probes
 from ssl_models.optim import build_optimizer
-from ssl_models.schedules import warmup_cosine
+from ssl_models.schedules import learning_rate
 
 
 @dataclass
@@ -90,6 +90,26 @@ def train_images(cfg: Config, manifest: dict) -> int:
 # ---------------------------------------------------------------- worker loop
 
 
+class EpochKNN:
+    """A cheap probe for every epoch: weighted kNN on a small labeled subset.
+
+    Ray Tune's ASHA and PBT act on it; the full probes run once at the end.
+    """
+
+    def __init__(self, cfg: Config):
+        n = cfg.probe.epoch_knn_images
+        self.train_images, self.train_labels = load_labeled(cfg.data.shards, "train", n)
+        self.test_images, self.test_labels = load_labeled(cfg.data.shards, "test", max(10, n // 4))
+        self.k = min(cfg.probe.knn_k, len(self.train_images))
+        self.temperature = cfg.probe.knn_temperature
+        self.num_classes = int(max(self.train_labels.max(), self.test_labels.max())) + 1
+
+    def __call__(self, encoder, device) -> float:
+        train_f = extract_features(encoder, self.train_images, device=device)
+        test_f = extract_features(encoder, self.test_images, device=device)
+        return knn_top1(train_f, self.train_labels, test_f, self.test_labels, self.num_classes, self.k, self.temperature)
+
+
 def _save_checkpoint(model, optimizer, epoch: int, cfg: Config, manifest: dict, folder: str) -> None:
     state = {
         "model": model.state_dict(),
@@ -140,6 +160,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.use_gpu else contextlib.nullcontext()
     shard = ray.train.get_dataset_shard("train")
 
+    epoch_probe = EpochKNN(cfg) if rank == 0 and cfg.probe.epoch_knn_images else None
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
@@ -149,7 +170,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for batch in shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device=device):
             if policy is not None:
                 batch = policy.apply(batch["image"])
-            lr = warmup_cosine(step, total_steps, warmup_steps, base_lr)
+            lr = learning_rate(cfg.optim.schedule, step, total_steps, warmup_steps, base_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast:
@@ -175,6 +196,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "train/lr": lr,
             "epoch": epoch + 1,
         }
+        if epoch_probe is not None:
+            metrics["probe/epoch_knn_top1"] = epoch_probe(inner.encoder, device)
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 _save_checkpoint(inner, optimizer, epoch, cfg, manifest, folder)
@@ -230,6 +253,56 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, log_to_driver=True)
 
 
+def fit_and_probe(
+    cfg: Config, manifest: dict, uri: str, run_id: str, ray_run_name: str, storage_path: Path, callbacks: list | None = None
+) -> tuple[dict[str, float], str]:
+    """Train with Ray Train, then probe the final checkpoint; logs to the open MLflow run ``run_id``.
+
+    Returns the final metrics and the final checkpoint's path.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "config.yaml"
+        config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        tracking.log_artifact(uri, run_id, config_file)
+    t0 = time.perf_counter()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "manifest": manifest, "run_id": run_id, "tracking_uri": uri},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=ray_run_name,
+            storage_path=str(storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=callbacks or [],
+        ),
+        datasets={"train": build_pretrain_dataset(cfg, manifest)},
+    )
+    result = _fit_with_timeout(trainer, cfg.train.timeout_s)
+    metrics = probe_checkpoint_and_log(cfg, manifest, uri, run_id, result.checkpoint.path)
+    metrics["wall_s"] = time.perf_counter() - t0
+    metrics.update({k: v for k, v in (result.metrics or {}).items() if k.startswith("train/")})
+    tracking.log_metrics(uri, run_id, {"wall_s": metrics["wall_s"]}, step=cfg.train.epochs)
+    return metrics, result.checkpoint.path
+
+
+def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str, checkpoint_dir: str) -> dict[str, float]:
+    """Probe a run's checkpoint, log the probe metrics and the checkpoint itself to its MLflow run."""
+    with Checkpoint(checkpoint_dir).as_directory() as folder:
+        state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
+        tracking.log_artifact(uri, run_id, Path(folder) / "checkpoint.pt", "checkpoint")
+    method = build_method(cfg, manifest)
+    method.load_state_dict(state["model"])
+    metrics = run_probes(method, cfg)
+    metrics["epochs"] = state["epoch"] + 1
+    tracking.log_metrics(uri, run_id, metrics, step=state["epoch"] + 1)
+    return metrics
+
+
 def pretrain(cfg: Config) -> PretrainResult:
     """Pretrain, probe and record one run; returns the MLflow run id and final metrics."""
     manifest = validate(cfg)
@@ -238,43 +311,7 @@ def pretrain(cfg: Config) -> PretrainResult:
     tracking.check_reachable(uri)
     run_name = cfg.tracking.run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = tracking.start_run(uri, cfg.tracking.experiment, run_name, cfg.flat(), tags={"rayssl.kind": "pretrain"})
-    t0 = time.perf_counter()
     with tracking.run_status(uri, run_id):
-        with tempfile.TemporaryDirectory() as tmp:
-            config_file = Path(tmp) / "config.yaml"
-            config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-            tracking.log_artifact(uri, run_id, config_file)
         ensure_ray()
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "config": cfg.model_dump(mode="json"),
-                "manifest": manifest,
-                "run_id": run_id,
-                "tracking_uri": uri,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=cfg.train.num_workers,
-                use_gpu=cfg.train.use_gpu,
-                resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
-            ),
-            run_config=RunConfig(
-                name=f"{run_name}-{run_id[:8]}",
-                storage_path=str(runs_dir / "ray"),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            ),
-            datasets={"train": build_pretrain_dataset(cfg, manifest)},
-        )
-        result = _fit_with_timeout(trainer, cfg.train.timeout_s)
-        with result.checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
-            tracking.log_artifact(uri, run_id, Path(folder) / "checkpoint.pt", "checkpoint")
-        method = build_method(cfg, manifest)
-        method.load_state_dict(state["model"])
-        metrics = run_probes(method, cfg)
-        wall = time.perf_counter() - t0
-        metrics["wall_s"] = wall
-        metrics.update({k: v for k, v in (result.metrics or {}).items() if k.startswith("train/")})
-        tracking.log_metrics(uri, run_id, metrics, step=cfg.train.epochs)
-    return PretrainResult(run_id, uri, metrics, result.checkpoint.path, wall)
+        metrics, checkpoint = fit_and_probe(cfg, manifest, uri, run_id, f"{run_name}-{run_id[:8]}", runs_dir / "ray")
+    return PretrainResult(run_id, uri, metrics, checkpoint, metrics["wall_s"])

@@ -12,3 +12,26 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base: float, f
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * progress))
+
+
+def step_decay(step: int, total_steps: int, warmup_steps: int, base: float, gamma: float = 0.1) -> float:
+    """Linear warm-up, then ``base`` divided by 10 at 60% and again at 80% of the steps."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    progress = step / max(1, total_steps)
+    return base * gamma ** ((progress >= 0.6) + (progress >= 0.8))
+
+
+def constant(step: int, total_steps: int, warmup_steps: int, base: float) -> float:
+    """Linear warm-up, then ``base``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    return base
+
+
+SCHEDULES = {"cosine": warmup_cosine, "step": step_decay, "constant": constant}
+
+
+def learning_rate(kind: str, step: int, total_steps: int, warmup_steps: int, base: float) -> float:
+    """The learning rate of schedule ``kind`` (cosine, step, constant) at ``step``."""
+    return SCHEDULES[kind](step, total_steps, warmup_steps, base)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ssl_models.losses import nt_xent
+from tests.ssl_models.gloo import run_distributed
 
 
 def nt_xent_reference(z0: np.ndarray, z1: np.ndarray, tau: float) -> float:
@@ -46,8 +46,8 @@ def test_perfect_alignment_gives_the_known_optimum():
     assert nt_xent(z, z, tau).item() == pytest.approx(expected)
 
 
-def _worker(rank: int, world: int, init_file: str, out_file: str, x0, x1, weight):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _sharded_loss_and_grad(rank: int, world: int, x0, x1, weight):
+    """This rank's slice of the batch through a shared linear map; loss and DDP-averaged gradient."""
     n = x0.shape[0] // world
     w = weight.clone().requires_grad_(True)
     sl = slice(rank * n, (rank + 1) * n)
@@ -55,23 +55,18 @@ def _worker(rank: int, world: int, init_file: str, out_file: str, x0, x1, weight
     loss.backward()
     grad = w.grad.clone()
     dist.all_reduce(grad)  # what DDP does: average the gradients over workers
-    losses = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
-    dist.all_gather(losses, loss.detach().reshape(1))
-    if rank == 0:
-        torch.save({"loss": torch.cat(losses).mean(), "grad": grad / world}, out_file)
-    dist.destroy_process_group()
+    return {"loss": loss.detach(), "grad": grad / world}
 
 
 def test_gathered_over_two_gloo_processes_equals_single_process(tmp_path):
     torch.manual_seed(0)
     x0, x1 = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)
     weight = torch.randn(6, 4, dtype=torch.float64)
-    out = tmp_path / "result.pt"
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out), x0, x1, weight), nprocs=2, join=True)
-    got = torch.load(out)
+    results = run_distributed(tmp_path, _sharded_loss_and_grad, x0, x1, weight)
 
     w = weight.clone().requires_grad_(True)
     loss = nt_xent(x0 @ w, x1 @ w, temperature=0.3)
     loss.backward()
-    assert got["loss"].item() == pytest.approx(loss.item(), rel=1e-10)
-    torch.testing.assert_close(got["grad"], w.grad, rtol=1e-9, atol=1e-12)
+    mean_loss = sum(r["loss"] for r in results) / len(results)
+    assert mean_loss.item() == pytest.approx(loss.item(), rel=1e-10)
+    torch.testing.assert_close(results[0]["grad"], w.grad, rtol=1e-9, atol=1e-12)
