@@ -103,3 +103,6 @@ def resnet18(in_channels: int = 3, image_size: int = 32) -> nn.Module:
 @register_backbone("resnet50")
 def resnet50(in_channels: int = 3, image_size: int = 32) -> nn.Module:
     return TorchvisionResNet("resnet50", in_channels, image_size)
+
+
+from ssl_models import vit as _vit  # noqa: E402,F401  (registers vit_tiny)

@@ -1,0 +1,70 @@
+"""VICReg: variance-invariance-covariance regularization of two views' embeddings.
+
+Bardes et al., "VICReg: Variance-Invariance-Covariance Regularization for
+Self-Supervised Learning", 2021, https://arxiv.org/abs/2105.04906 (section 3 and algorithm 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ssl_models.distributed import gather_with_grad
+
+__all__ = ["vicreg", "vicreg_terms"]
+
+# epsilon inside the square root of the variance term (paper, equation 1), for numerical stability.
+_VAR_EPS = 1e-4
+
+
+def _variance(z: torch.Tensor) -> torch.Tensor:
+    """Hinge on the per-dimension standard deviation: mean_j max(0, 1 - sqrt(Var(z_j) + eps))."""
+    std = torch.sqrt(z.var(dim=0) + _VAR_EPS)
+    return F.relu(1 - std).mean()
+
+
+def _covariance(z: torch.Tensor) -> torch.Tensor:
+    """Sum of the squared off-diagonal entries of the covariance matrix, divided by D."""
+    n, d = z.shape
+    z = z - z.mean(dim=0)
+    cov = z.T @ z / (n - 1)
+    return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
+
+
+def vicreg_terms(z0: torch.Tensor, z1: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The unweighted invariance, variance and covariance terms over the global batch.
+
+    Under ``torch.distributed`` the embeddings of every process are gathered first (as in the
+    paper's code), so the statistics are those of the concatenated batch.
+    The variance and covariance terms are averaged over the two branches.
+    """
+    # Variances and a D x D sum of squares are too coarse in bf16: compute them in (at least) float32.
+    dtype = torch.promote_types(z0.dtype, torch.float32)
+    with torch.autocast(z0.device.type, enabled=False):
+        z0 = gather_with_grad(z0.to(dtype))
+        z1 = gather_with_grad(z1.to(dtype))
+        return {
+            "invariance": F.mse_loss(z0, z1),
+            "variance": (_variance(z0) + _variance(z1)) / 2,
+            "covariance": _covariance(z0) + _covariance(z1),
+        }
+
+
+def vicreg(
+    z0: torch.Tensor, z1: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0
+) -> torch.Tensor:
+    """``sim_weight * s(z0, z1) + var_weight * [v(z0) + v(z1)] / 2 + cov_weight * [c(z0) + c(z1)]``.
+
+    s is the mean squared error, v the hinge ``mean_j max(0, 1 - sqrt(Var(z_j) + 1e-4))`` on the
+    (unbiased) standard deviation of each dimension, c the sum of squared off-diagonal covariances
+    divided by D. Defaults are the paper's (lambda = mu = 25, nu = 1). Every process returns the
+    loss of the global batch.
+
+    Args:
+        z0, z1: (n, D) expander outputs of two views; row i of each is the same image; n >= 2.
+    """
+    for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
+        if weight < 0:
+            raise ValueError(f"{name} must be >= 0, got {weight}")
+    terms = vicreg_terms(z0, z1)
+    return sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]

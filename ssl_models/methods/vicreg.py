@@ -1,0 +1,55 @@
+"""VICReg: Bardes et al., 2021, https://arxiv.org/abs/2105.04906."""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_models.heads import ProjectionHead
+from ssl_models.losses import vicreg_terms
+from ssl_models.methods.base import SSLMethod
+from ssl_models.proxy import nearest_neighbour_accuracy
+from ssl_models.registry import register_method
+
+
+@register_method("vicreg")
+class VICReg(SSLMethod):
+    """Two views through one encoder + expander; invariance, variance and covariance terms on the embeddings.
+
+    Loss: ``sim_weight * MSE + var_weight * variance hinge + cov_weight * covariance`` over the
+    global batch (see ``ssl_models.losses.vicreg``); the three unweighted terms are also returned
+    so they can be logged.
+
+    Paper defaults (ImageNet): 3-layer expander 8192-8192-8192 (Linear -> BN -> ReLU twice, then
+    Linear), sim_weight = var_weight = 25, cov_weight = 1, LARS with lr = 0.2 x batch / 256,
+    weight decay 1e-6. The pipeline passes ``projection_dim`` and ``hidden_dim`` from its config.
+
+    ``proxy_acc``: how often the embedding of the other view of the same image is the nearest
+    (cosine) among the batch's embeddings of that view.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "small_cnn",
+        in_channels: int = 3,
+        image_size: int = 32,
+        projection_dim: int = 8192,
+        hidden_dim: int = 8192,
+        sim_weight: float = 25.0,
+        var_weight: float = 25.0,
+        cov_weight: float = 1.0,
+    ):
+        super().__init__(backbone, in_channels, image_size)
+        for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
+            if weight < 0:
+                raise ValueError(f"{name} must be >= 0, got {weight}")
+        self.weights = {"invariance": sim_weight, "variance": var_weight, "covariance": cov_weight}
+        self.projector = ProjectionHead(self.encoder.num_features, hidden_dim, projection_dim, num_layers=3)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        z0 = self.projector(self.encoder(batch["view_0"]))
+        z1 = self.projector(self.encoder(batch["view_1"]))
+        terms = vicreg_terms(z0, z1)
+        loss = sum(self.weights[name] * value for name, value in terms.items())
+        out = {"loss": loss, "proxy_acc": nearest_neighbour_accuracy(z0, z1)}
+        out.update({name: value.detach() for name, value in terms.items()})
+        return out
