@@ -1,4 +1,4 @@
-"""The ``rayssl`` command: shard, pretrain, probe, demo.
+"""The ``rayssl`` command: shard, pretrain, probe, tune, compare, preview, demo.
 
 User errors (bad path, bad image, bad config, unreachable tracking server) end in
 one line naming the thing and what to do, and a non-zero exit.
@@ -67,16 +67,26 @@ def cmd_probe(args) -> int:
 
     state = load_checkpoint(args.checkpoint)
     method, cfg = method_from_checkpoint(state, args.data)
+    if args.labels_per_class:
+        cfg.probe.labels_per_class = args.labels_per_class
     metrics = run_probes(method, cfg)
     print(format_table(["metric", "value"], [[k, v] for k, v in sorted(metrics.items())]))
+    if state.get("run_id") and not args.no_log:
+        from pipelines import tracking
+
+        tracking.log_metrics(state["tracking_uri"], state["run_id"], metrics, step=state["epoch"] + 1)
+        print(f"logged to MLflow run {state['run_id']} in {state['tracking_uri']}")
     return 0
 
 
 def cmd_demo(args) -> int:
+    """Shard Fashion-MNIST once, run the demo space's method comparison, print the compare table."""
+    import time
+
     from pipelines import tracking
+    from pipelines.compare import compare
     from pipelines.data import write_shards
-    from pipelines.report import pretrain_table
-    from pipelines.train import pretrain
+    from pipelines.tune import SearchSettings, run_search
 
     cfg = _load(args)
     shards = Path(cfg.data.shards)
@@ -85,12 +95,72 @@ def cmd_demo(args) -> int:
         write_shards(cfg.data.source, shards)
     else:
         print(f"reusing shards in {shards}")
-    result = pretrain(cfg)
+    name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_search(cfg, SearchSettings(space=args.space, search="grid", num_samples=1, name=name))
+    out = Path(cfg.tracking.runs_dir) / "compare" / name
+    table, plots = compare(result.tracking_uri, result.experiment, out)
     print()
-    print(pretrain_table([(cfg.method.name, result.metrics)]))
+    print(table)
     print()
-    print(f"MLflow store: {result.tracking_uri} (experiment {cfg.tracking.experiment!r}, run {result.run_id})")
+    for plot in plots:
+        print(f"plot: {plot}")
+    print(f"MLflow store: {result.tracking_uri} (experiment {result.experiment!r})")
     print(f"Open the UI:  .venv/bin/{tracking.ui_command(result.tracking_uri)}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from pipelines.report import format_table
+    from pipelines.tune import SearchSettings, run_search
+
+    cfg = _load(args)
+    settings = SearchSettings(
+        space=args.space,
+        search=args.search,
+        scheduler=args.scheduler,
+        num_samples=args.num_samples or (1 if args.search == "grid" else 4),
+        name=args.name,
+        resume=args.resume,
+        metric=args.metric,
+        mode=args.mode,
+        pbt_interval=args.pbt_interval,
+    )
+    result = run_search(cfg, settings)
+    searched = sorted({k for t in result.trials for k in t["params"]})
+    rows = [
+        [t["trial_id"], *(t["params"].get(k) for k in searched)]
+        + [t["metrics"].get("probe/linear_top1", float("nan")), t["metrics"].get("probe/knn_top1", float("nan"))]
+        + [int(t["metrics"].get("epochs", 0)), "early stop" if t["stopped_early"] else t["status"]]
+        for t in sorted(result.trials, key=lambda t: -t["metrics"].get("probe/linear_top1", -1))
+    ]
+    print(format_table(["trial", *searched, "linear", "kNN", "epochs", "status"], rows))
+    if result.best:
+        print(f"best trial {result.best['trial_id']}: linear top-1 {result.best['metrics']['probe/linear_top1']:.4f}")
+    print(f"MLflow experiment {result.experiment!r} in {result.tracking_uri}")
+    print(f"compare the trials: rayssl compare --experiment {result.experiment}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from pipelines import tracking
+    from pipelines.compare import compare
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, args.runs_dir)
+    tracking.check_reachable(uri)
+    table, plots = compare(uri, args.experiment, args.out)
+    print(table)
+    print()
+    for plot in plots:
+        print(f"plot: {plot}")
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from pipelines.preview import preview
+
+    cfg = _load(args)
+    cfg.data.shards = str(Path(cfg.data.shards).resolve()) if "://" not in cfg.data.shards else cfg.data.shards
+    print(f"wrote {preview(cfg, args.out, images=args.images)}")
     return 0
 
 
@@ -110,17 +180,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, default_config, text in (
         ("pretrain", cmd_pretrain, None, "pretrain one method with Ray Train, probe it, record it in MLflow"),
-        ("demo", cmd_demo, DEMO_CONFIG, "the main job: shard Fashion-MNIST once, pretrain SimCLR, probe, print the table"),
+        ("demo", cmd_demo, DEMO_CONFIG, "the main job: shard Fashion-MNIST once, compare a few methods, print the table"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", default=default_config, help="YAML config (see configs/)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. optim.lr=0.1")
         p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in tracking.runs_dir)")
+        if name == "demo":
+            p.add_argument("--space", default="demo", help="the methods to compare (a tune space; default tune_spaces/demo.yaml)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("tune", help="Ray Tune search: every trial a Ray Train run and an MLflow child run")
+    p.add_argument(
+        "--space", required=True, help="a shipped space (augment, temperature, schedule, methods, smoke) or a YAML file"
+    )
+    p.add_argument("--config", default=None, help="base YAML config the space varies (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config field")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in tracking.runs_dir)")
+    p.add_argument("--name", default=None, help="experiment name (MLflow experiment and Tune folder); reuse it with --resume")
+    p.add_argument("--search", choices=["random", "grid", "optuna"], default="random")
+    p.add_argument("--scheduler", choices=["none", "asha", "pbt"], default="none")
+    p.add_argument("--num-samples", type=int, default=None, help="trials (grid: repeats of the grid; default 4, grid 1)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name; finished trials stay")
+    p.add_argument("--metric", default="probe/epoch_knn_top1", help="per-epoch metric the search and scheduler act on")
+    p.add_argument("--mode", choices=["max", "min"], default="max")
+    p.add_argument("--pbt-interval", type=int, default=1, help="epochs between PBT exploit/explore steps")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("compare", help="table and plots over every run of an MLflow experiment")
+    p.add_argument("--experiment", required=True, help="MLflow experiment (a tune --name, or tracking.experiment)")
+    p.add_argument("--out", default="rayssl-runs/compare", help="folder for the table and PNG plots")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in --runs-dir)")
+    p.add_argument("--runs-dir", default="rayssl-runs", help="where the default SQLite store lives")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("preview", help="a PNG grid of the views a config makes from a few real images")
+    p.add_argument("--config", default=None, help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. data.augment.blur_p=1")
+    p.add_argument("--out", default="views.png")
+    p.add_argument("--images", type=int, default=6)
+    p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("probe", help="linear + kNN probes (and baselines) of a saved checkpoint")
     p.add_argument("checkpoint", help="a checkpoint folder (holding checkpoint.pt) or the file itself")
     p.add_argument("--data", default=None, help="shards folder or URI (default: the one the run used)")
+    p.add_argument(
+        "--labels-per-class",
+        type=int,
+        action="append",
+        metavar="N",
+        help="also fine-tune on N labels per class, against the same net from scratch (repeatable: 10, 100)",
+    )
+    p.add_argument("--no-log", action="store_true", help="print only; do not log to the run that made the checkpoint")
     p.set_defaults(func=cmd_probe)
     return parser
 
@@ -129,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # SIGTERM ends runs KILLED, like Ctrl-C
     from pipelines.tracking import TrackingError
+    from tune_spaces import SpaceError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, TrackingError, FileNotFoundError) as err:
+    except (ConfigError, DataError, TrackingError, SpaceError, FileNotFoundError) as err:
         print(f"rayssl: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,9 +51,10 @@ class DataConfig(_Strict):
 class MethodConfig(_Strict):
     name: str = "simclr"  # a name from ssl_models.list_methods()
     backbone: str = "small_cnn"  # small_cnn on CPU; resnet18/resnet50 on GPUs
-    temperature: float = Field(0.5, gt=0)  # contrastive temperature
-    projection_dim: int = Field(128, ge=1)
-    hidden_dim: int = Field(512, ge=1)
+    # Shared head/temperature settings; None keeps each method's paper default.
+    temperature: float | None = Field(None, gt=0)  # contrastive temperature (simclr 0.5, moco 0.2, triplet: none)
+    projection_dim: int | None = Field(None, ge=1)  # output size of the projection head
+    hidden_dim: int | None = Field(None, ge=1)  # hidden size of the projection head
     kwargs: dict[str, Any] = {}  # further method-specific arguments passed to create_method
 
 
@@ -84,7 +85,16 @@ class ProbeConfig(_Strict):
     max_train_images: int | None = Field(None, ge=10)  # labeled images used to fit probes (None = all)
     max_test_images: int | None = Field(None, ge=10)
     baselines: bool = True  # also probe raw pixels and a random-init encoder
+    labels_per_class: list[int] = []  # few-label fine-tuning vs training from scratch, e.g. [10, 100]
+    finetune_steps: int = Field(300, ge=1)  # steps of each few-label fine-tune (more for larger label sets)
     epoch_knn_images: int = Field(2000, ge=0)  # labeled images for the cheap per-epoch kNN (0 = off); Tune acts on it
+
+    @field_validator("labels_per_class")
+    @classmethod
+    def _positive(cls, v):
+        if any(n < 1 for n in v):
+            raise ValueError("every labels-per-class count must be at least 1")
+        return sorted(set(v))
 
 
 class TrackingConfig(_Strict):

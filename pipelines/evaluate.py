@@ -139,6 +139,22 @@ def pixels_linear_top1(splits: LabeledSplits, probe: ProbeConfig) -> float:
     )
 
 
+def method_parameters(name: str) -> set[str]:
+    return set(inspect.signature(ssl_models.method_class(name)).parameters)
+
+
+def shared_method_fields(cfg: Config) -> dict:
+    """The shared ``method`` fields the config sets (None means: the method's own default)."""
+    m = cfg.method
+    shared = {"temperature": m.temperature, "projection_dim": m.projection_dim, "hidden_dim": m.hidden_dim}
+    return {k: v for k, v in shared.items() if v is not None}
+
+
+def ignored_method_fields(cfg: Config) -> list[str]:
+    """Shared fields set in the config that this method has no use for (e.g. a temperature for BYOL)."""
+    return [f"method.{k}" for k in shared_method_fields(cfg) if k not in method_parameters(cfg.method.name)]
+
+
 def build_method(cfg: Config, manifest: dict) -> nn.Module:
     """The configured method for images of the shards' channels and size.
 
@@ -146,9 +162,7 @@ def build_method(cfg: Config, manifest: dict) -> nn.Module:
     whose constructor takes them; ``method.kwargs`` go as given, so a misspelt one fails.
     """
     m = cfg.method
-    accepted = inspect.signature(ssl_models.method_class(m.name)).parameters
-    shared = {"temperature": m.temperature, "projection_dim": m.projection_dim, "hidden_dim": m.hidden_dim}
-    kwargs = {k: v for k, v in shared.items() if k in accepted}
+    kwargs = {k: v for k, v in shared_method_fields(cfg).items() if k in method_parameters(m.name)}
     kwargs.update(m.kwargs)
     image_size = cfg.data.crop_size or manifest["image_size"][0]
     return ssl_models.create_method(
@@ -166,6 +180,14 @@ def run_probes(method: nn.Module, cfg: Config, splits: LabeledSplits | None = No
         random_init = build_method(cfg, manifest).encoder
         metrics["baseline/random_init_linear_top1"] = probe_encoder(random_init, splits, cfg.probe, device)["linear_top1"]
         metrics["baseline/pixels_linear_top1"] = pixels_linear_top1(splits, cfg.probe)
+    if cfg.probe.labels_per_class:
+        from pipelines.finetune import few_label_metrics
+
+        torch.manual_seed(cfg.train.seed)
+        scratch = build_method(cfg, read_manifest(cfg.data.shards)).encoder
+        metrics.update(
+            few_label_metrics(method.encoder, scratch, splits, cfg.probe.labels_per_class, cfg.probe.finetune_steps, device)
+        )
     return metrics
 
 

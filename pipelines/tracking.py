@@ -146,6 +146,15 @@ def search_runs(uri: str, experiment: str, filter_string: str = "") -> list:
     return client(uri).search_runs([exp.experiment_id], filter_string=filter_string)
 
 
+def log_artifacts(uri: str, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
+    client(uri).log_artifacts(run_id, str(folder), artifact_path)
+
+
+def download_artifact(uri: str, run_id: str, artifact_path: str, dst: str | Path) -> Path:
+    """Copy one artifact of a run (e.g. ``checkpoint/checkpoint.pt``) into ``dst``; returns the local path."""
+    return Path(client(uri).download_artifacts(run_id, artifact_path, str(dst)))
+
+
 def ui_command(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         return f"mlflow ui --backend-store-uri {uri}"

@@ -25,8 +25,8 @@ from ray.train.torch import TorchTrainer
 import ssl_models
 from pipelines import tracking
 from pipelines.config import Config, ConfigError
-from pipelines.data import decode_png_batch, load_labeled, read_manifest, split_uri
-from pipelines.evaluate import build_method, extract_features, knn_top1, run_probes
+from pipelines.data import decode_png_batch, load_labeled, read_manifest, resolve_uri, split_uri
+from pipelines.evaluate import build_method, extract_features, ignored_method_fields, knn_top1, run_probes
 from ssl_models.optim import build_optimizer
 from ssl_models.schedules import learning_rate
 
@@ -55,12 +55,13 @@ class ViewsFromPNG:
 
 
 def view_policy(cfg: Config, manifest: dict):
-    method_cls = ssl_models.method_class(cfg.method.name)
+    # The built method, not its class: an argument such as DINO's num_local_crops sets its views.
+    method = build_method(cfg, manifest)
     a = cfg.data.augment
     return ssl_models.create_views(
-        method_cls.view_policy,
+        method.view_policy,
         image_size=cfg.data.crop_size or manifest["image_size"][0],
-        num_views=method_cls.num_views,
+        num_views=method.num_views,
         crop_scale=a.crop_scale,
         flip_p=a.flip_p,
         jitter_strength=a.jitter_strength,
@@ -93,13 +94,17 @@ def train_images(cfg: Config, manifest: dict) -> int:
 class EpochKNN:
     """A cheap probe for every epoch: weighted kNN on a small labeled subset.
 
-    Ray Tune's ASHA and PBT act on it; the full probes run once at the end.
+    Ray Tune's ASHA and PBT act on it; the full probes run once at the end. Both the
+    memory bank and the queries come from the train split, so model selection never
+    sees the test split the final probes report.
     """
 
     def __init__(self, cfg: Config):
         n = cfg.probe.epoch_knn_images
-        self.train_images, self.train_labels = load_labeled(cfg.data.shards, "train", n)
-        self.test_images, self.test_labels = load_labeled(cfg.data.shards, "test", max(10, n // 4))
+        images, labels = load_labeled(cfg.data.shards, "train", n + max(10, n // 4))
+        n = min(n, len(images) * 4 // 5)  # small shards: keep a fifth for queries
+        self.train_images, self.train_labels = images[:n], labels[:n]
+        self.test_images, self.test_labels = images[n:], labels[n:]
         self.k = min(cfg.probe.knn_k, len(self.train_images))
         self.temperature = cfg.probe.knn_temperature
         self.num_classes = int(max(self.train_labels.max(), self.test_labels.max())) + 1
@@ -110,8 +115,10 @@ class EpochKNN:
         return knn_top1(train_f, self.train_labels, test_f, self.test_labels, self.num_classes, self.k, self.temperature)
 
 
-def _save_checkpoint(model, optimizer, epoch: int, cfg: Config, manifest: dict, folder: str) -> None:
+def _save_checkpoint(model, optimizer, epoch: int, cfg: Config, manifest: dict, folder: str, run_id: str, uri: str) -> None:
     state = {
+        "run_id": run_id,  # so `rayssl probe CHECKPOINT` can log to the run that made it
+        "tracking_uri": uri,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
@@ -141,8 +148,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     method = build_method(cfg, manifest)
     optimizer = build_optimizer(cfg.optim.name, method, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum)
     start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # restarted after a failure: continue where the last epoch ended
+    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure
+    if checkpoint is None and loop_config.get("init_checkpoint"):  # a PBT segment continues a checkpoint
+        checkpoint = Checkpoint(loop_config["init_checkpoint"])
+    if checkpoint is not None:  # continue where the last epoch ended
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
         method.load_state_dict(state["model"])
@@ -162,7 +171,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     epoch_probe = EpochKNN(cfg) if rank == 0 and cfg.probe.epoch_knn_images else None
     step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, cfg.train.epochs):
+    # The lr schedule always spans train.epochs; a PBT segment stops early at stop_epoch.
+    stop_epoch = loop_config.get("stop_epoch") or cfg.train.epochs
+    for epoch in range(start_epoch, stop_epoch):
         model.train()
         loss_sum, acc_sum, batches, images = 0.0, 0.0, 0, 0
         lr = base_lr
@@ -200,7 +211,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics["probe/epoch_knn_top1"] = epoch_probe(inner.encoder, device)
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
-                _save_checkpoint(inner, optimizer, epoch, cfg, manifest, folder)
+                _save_checkpoint(inner, optimizer, epoch, cfg, manifest, folder, run_id, uri)
                 tracking.log_metrics(uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
                 print(
                     f"epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.3f}  "
@@ -215,7 +226,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def validate(cfg: Config) -> dict:
-    """Everything that can be checked before Ray starts; returns the shards' manifest."""
+    """Everything that can be checked before Ray starts; returns the shards' manifest.
+
+    Also makes ``data.shards`` absolute: Ray workers run in another folder.
+    """
+    cfg.data.shards = resolve_uri(cfg.data.shards)
     manifest = read_manifest(cfg.data.shards)
     size = manifest["image_size"][0]
     if cfg.data.crop_size is not None and cfg.data.crop_size > size:
@@ -224,6 +239,9 @@ def validate(cfg: Config) -> dict:
         build_method(cfg, manifest)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"method: {err}") from None
+    ignored = ignored_method_fields(cfg)
+    if ignored:
+        print(f"note: {cfg.method.name} does not use {', '.join(ignored)}; ignoring")
     return manifest
 
 
@@ -253,21 +271,31 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, log_to_driver=True)
 
 
-def fit_and_probe(
-    cfg: Config, manifest: dict, uri: str, run_id: str, ray_run_name: str, storage_path: Path, callbacks: list | None = None
-) -> tuple[dict[str, float], str]:
-    """Train with Ray Train, then probe the final checkpoint; logs to the open MLflow run ``run_id``.
+def fit(
+    cfg: Config,
+    manifest: dict,
+    uri: str,
+    run_id: str,
+    ray_run_name: str,
+    storage_path: Path,
+    callbacks: list | None = None,
+    init_checkpoint: str | None = None,
+    stop_epoch: int | None = None,
+):
+    """Train with Ray Train, logging to the open MLflow run ``run_id``; returns Ray Train's result.
 
-    Returns the final metrics and the final checkpoint's path.
+    ``init_checkpoint`` and ``stop_epoch`` run one segment of a longer run (PBT).
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        config_file = Path(tmp) / "config.yaml"
-        config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        tracking.log_artifact(uri, run_id, config_file)
-    t0 = time.perf_counter()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "manifest": manifest, "run_id": run_id, "tracking_uri": uri},
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "manifest": manifest,
+            "run_id": run_id,
+            "tracking_uri": uri,
+            "init_checkpoint": init_checkpoint,
+            "stop_epoch": stop_epoch,
+        },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
@@ -282,7 +310,26 @@ def fit_and_probe(
         ),
         datasets={"train": build_pretrain_dataset(cfg, manifest)},
     )
-    result = _fit_with_timeout(trainer, cfg.train.timeout_s)
+    return _fit_with_timeout(trainer, cfg.train.timeout_s)
+
+
+def log_config(cfg: Config, uri: str, run_id: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "config.yaml"
+        config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        tracking.log_artifact(uri, run_id, config_file)
+
+
+def fit_and_probe(
+    cfg: Config, manifest: dict, uri: str, run_id: str, ray_run_name: str, storage_path: Path, callbacks: list | None = None
+) -> tuple[dict[str, float], str]:
+    """Train, then probe the final checkpoint; logs to the open MLflow run ``run_id``.
+
+    Returns the final metrics and the final checkpoint's path.
+    """
+    log_config(cfg, uri, run_id)
+    t0 = time.perf_counter()
+    result = fit(cfg, manifest, uri, run_id, ray_run_name, storage_path, callbacks)
     metrics = probe_checkpoint_and_log(cfg, manifest, uri, run_id, result.checkpoint.path)
     metrics["wall_s"] = time.perf_counter() - t0
     metrics.update({k: v for k, v in (result.metrics or {}).items() if k.startswith("train/")})

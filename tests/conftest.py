@@ -28,10 +28,10 @@ def fmnist_shards(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One real local Ray instance for the whole session (start-up costs ~8 s)."""
+def start_ray():
+    """The session's one local Ray instance (start-up costs ~8 s); started again only if a test stopped it."""
     import ray
+    import ray.data
 
     if not ray.is_initialized():
         ray.init(
@@ -41,10 +41,21 @@ def ray_session():
             include_dashboard=True,
             log_to_driver=True,
         )
-    import ray.data
-
     ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
+    return ray
+
+
+@pytest.fixture
+def ray_session():
+    """A real local Ray instance, shared by every test of the session."""
+    yield start_ray()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_ray_at_the_end():
+    yield
+    import ray
+
     ray.shutdown()
 
 

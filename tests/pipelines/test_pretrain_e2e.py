@@ -35,8 +35,10 @@ def _tiny_config(shards, runs_dir, uri, epochs=2):
 
 
 @pytest.mark.e2e
-def test_pretrain_probe_and_mlflow_server_record(ray_session, fmnist_shards, mlflow_server, tmp_path, capsys):
-    cfg = _tiny_config(fmnist_shards, tmp_path / "runs", mlflow_server)
+def test_pretrain_probe_and_mlflow_server_record(ray_session, fmnist_shards, mlflow_server, tmp_path, capsys, monkeypatch):
+    # A relative shards path, as users type it: workers run in another folder, so the driver must resolve it.
+    monkeypatch.chdir(fmnist_shards.parent)
+    cfg = _tiny_config(fmnist_shards.name, tmp_path / "runs", mlflow_server)
     result = pretrain(cfg)
 
     runs = tracking.search_runs(mlflow_server, "e2e")

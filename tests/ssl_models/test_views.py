@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 import ssl_models
@@ -38,3 +39,38 @@ def test_seeded_policy_is_reproducible_and_apply_matches_call():
     np.testing.assert_allclose(out["view_0"], b(batch)["view_0"])
     on_tensor = b.apply(torch.from_numpy(batch["image"]))
     np.testing.assert_allclose(on_tensor["view_1"].numpy(), out["view_1"], atol=1e-6)
+
+
+def _policy_for(method):
+    return ssl_models.create_views(method.view_policy, image_size=32, num_views=method.num_views)
+
+
+@pytest.mark.parametrize("name", ssl_models.list_methods())
+@pytest.mark.parametrize("place", ["cpu", "device"])
+def test_both_augmentation_places_feed_every_method(name, place):
+    """data.augment_on=cpu runs the policy on numpy batches in Ray Data; =device runs .apply on the
+    training device. Both must give each method the views it trains on, different per sample."""
+    cls = ssl_models.method_class(name)
+    channels = 3 if cls.requires_rgb else 1
+    method = ssl_models.create_method(name, backbone=cls.tiny_backbone, in_channels=channels, image_size=32)
+    policy = _policy_for(method)
+    batch = _batch(n=8, size=36, channels=channels)
+    device = "cuda" if place == "device" and torch.cuda.is_available() else "cpu"
+    if place == "cpu":
+        views = {k: torch.from_numpy(v) for k, v in policy(batch).items() if k.startswith("view_")}
+    else:
+        views = policy.apply(torch.from_numpy(batch["image"]).to(device))
+    assert sorted(views) == [f"view_{i}" for i in range(method.num_views)]
+    for v in views.values():
+        assert v.dtype == torch.float32 and v.shape[:2] == (8, channels)
+    copies = views["view_0"][:4]  # four copies of one image: four different views
+    assert all(not torch.allclose(copies[0], copies[i]) for i in range(1, 4))
+    out = method.to(device)(views)
+    assert torch.isfinite(out["loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_device_views_stay_on_the_gpu():
+    policy = ssl_models.create_views("multi_view", image_size=28)
+    views = policy.apply(torch.from_numpy(_batch()["image"]).cuda())
+    assert all(v.is_cuda for v in views.values())

@@ -1,0 +1,343 @@
+"""Ray Tune search: every trial one Ray Train run with its own MLflow child run.
+
+The driver validates the space, opens a parent run, runs the trials (random, grid
+or Optuna search; ASHA early stopping or PBT on the per-epoch kNN probe), probes
+trials that ASHA stopped at their last checkpoint, and names the best trial on the
+parent. One MLflow experiment per search, named by ``--name``.
+
+Trials are Tune function trainables that start a Ray Train ``TorchTrainer`` (the
+Ray 2.60 / Train V2 way): without PBT one Train run per trial reports every epoch
+to Tune through ``TuneReportCallback``; with PBT a trial runs in segments of
+``pbt_interval`` epochs, each a Train run continuing the previous checkpoint, and
+reports each segment's checkpoint to Tune so PBT can clone and perturb it.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.data
+import torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from pipelines import tracking
+from pipelines.config import Config, ConfigError, build_config
+from pipelines.train import fit, fit_and_probe, log_config, probe_checkpoint_and_log, validate
+from tune_spaces import read_space, to_tune
+
+TRIAL_DRIVER = "trial_driver"  # custom resource: trial drivers take none of the CPUs the workers need
+
+
+@dataclass
+class SearchSettings:
+    space: str  # shipped space name or YAML file
+    search: str = "random"  # random | grid | optuna
+    scheduler: str = "none"  # none | asha | pbt
+    num_samples: int = 4  # trials (per grid point for grid search)
+    name: str | None = None  # experiment name; also the Tune run folder, reused by --resume
+    resume: bool = False
+    metric: str = "probe/epoch_knn_top1"  # what the search and ASHA act on, reported every epoch
+    mode: str = "max"
+    pbt_interval: int = 1  # epochs between PBT exploit/explore decisions
+    seed: int | None = None  # fixes the sampled configs (random and Optuna search)
+
+
+@dataclass
+class SearchResult:
+    parent_run_id: str
+    tracking_uri: str
+    experiment: str
+    trials: list[dict[str, Any]]  # one per trial: trial_id, run_id, params, status, metrics
+    best: dict[str, Any] | None
+
+
+def known_keys(cfg: Config) -> set[str]:
+    return set(cfg.flat())
+
+
+def check_space_values(cfg: Config, raw: dict[str, dict[str, Any]]) -> None:
+    """Every listed value of every key must make a valid config (e.g. a known method name)."""
+    base = cfg.model_dump(mode="json")
+    for key, spec in raw.items():
+        dist, args = next(iter(spec.items()))
+        values = args if dist in ("choice", "grid") else args[:2]
+        for value in values:
+            try:
+                build_config(set_key(copy.deepcopy(base), key, value))
+            except ConfigError as err:
+                raise ConfigError(f"space value {key}={value!r}: {err}") from None
+
+
+def set_key(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = list(value) if isinstance(value, tuple) else value
+    return tree
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
+    tree = copy.deepcopy(base)
+    for key, value in params.items():
+        set_key(tree, key, value)
+    return Config.model_validate(tree)
+
+
+def _child_run(uri: str, experiment: str, parent_run_id: str, trial_id: str, cfg: Config) -> str:
+    """The trial's one MLflow child run: created once, reopened when Tune restarts the trial."""
+    existing = tracking.find_runs(uri, experiment, {"rayssl.trial_id": trial_id})
+    if existing:
+        run_id = existing[0].info.run_id
+        tracking.reopen_run(uri, run_id)
+        return run_id
+    tags = {"mlflow.parentRunId": parent_run_id, "rayssl.kind": "trial", "rayssl.trial_id": trial_id}
+    run_id = tracking.start_run(uri, experiment, f"trial-{trial_id}", cfg.flat(), tags=tags)
+    log_config(cfg, uri, run_id)
+    return run_id
+
+
+def run_trial(
+    params: dict[str, Any],
+    *,
+    base: dict,
+    manifest: dict,
+    uri: str,
+    parent_run_id: str,
+    experiment: str,
+    storage: str,
+    pbt_interval: int | None = None,
+):
+    """One Tune trial, recorded as an MLflow child run; ``pbt_interval`` set means PBT segments."""
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(base, params)
+    run_id = _child_run(uri, experiment, parent_run_id, trial_id, cfg)
+    with tracking.run_status(uri, run_id):
+        if pbt_interval is None:
+            # The same Ray Train run name on a resumed trial lets Train continue its last checkpoint.
+            fit_and_probe(cfg, manifest, uri, run_id, trial_id, Path(storage), callbacks=[TuneReportCallback()])
+        else:
+            _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, Path(storage), pbt_interval)
+
+
+def _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, storage: Path, interval: int) -> None:
+    """Train ``interval`` epochs at a time from the checkpoint Tune hands back (PBT may have cloned it)."""
+    start_epoch, init = 0, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        init = checkpoint.path
+        with checkpoint.as_directory() as folder:
+            start_epoch = int(torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"]) + 1
+    # MLflow params cannot change: the values this trial follows from here on are metrics at this epoch.
+    followed = {f"pbt/{k}": float(v) for k, v in params.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    tracking.log_metrics(uri, run_id, followed, step=start_epoch + 1)
+    tracking.set_tag(uri, run_id, f"rayssl.pbt.config_from_epoch_{start_epoch + 1}", json.dumps(params))
+    while start_epoch < cfg.train.epochs:
+        stop = min(start_epoch + interval, cfg.train.epochs)
+        name = f"{trial_id}-e{start_epoch + 1}-{uuid.uuid4().hex[:6]}"  # fresh name: never auto-resume another segment
+        result = fit(cfg, manifest, uri, run_id, name, storage, init_checkpoint=init, stop_epoch=stop)
+        init, start_epoch = result.checkpoint.path, stop
+        tune.report(dict(result.metrics), checkpoint=tune.Checkpoint(init))
+    probe_checkpoint_and_log(cfg, manifest, uri, run_id, init)
+
+
+def _search_alg(settings: SearchSettings, max_concurrent: int):
+    if settings.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(metric=settings.metric, mode=settings.mode, seed=settings.seed)
+        return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    # random and grid: Tune's basic variant generator, seeded so two searches can share their configs.
+    # It takes the concurrency limit itself (Tune ignores max_concurrent_trials for it).
+    return BasicVariantGenerator(random_state=settings.seed, max_concurrent=max_concurrent)
+
+
+def _scheduler(settings: SearchSettings, cfg: Config, raw: dict[str, dict[str, Any]]):
+    if settings.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=1, reduction_factor=2)
+    if settings.scheduler == "pbt":
+        # Synchronous PBT decides once every trial reached the interval, so the outcome
+        # does not depend on which trial happens to report first on a busy machine.
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=1,
+            hyperparam_mutations=pbt_mutations(raw),
+            synch=True,
+        )
+    if settings.scheduler == "none":
+        return FIFOScheduler()
+    raise ConfigError(f"--scheduler {settings.scheduler!r}: known schedulers are none, asha, pbt")
+
+
+def pbt_mutations(raw: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What PBT may perturb: continuous ranges as distributions, listed values as lists."""
+    out: dict[str, Any] = {}
+    for key, spec in raw.items():
+        dist, args = next(iter(spec.items()))
+        if dist in ("choice", "grid"):
+            numbers = [v for v in args if isinstance(v, int | float) and not isinstance(v, bool)]
+            if len(numbers) == len(args) and len(set(numbers)) > 1:
+                # Listed floats span a range PBT may move through; listed ints stay a list.
+                floats = any(isinstance(v, float) for v in numbers)
+                out[key] = tune.uniform(min(numbers), max(numbers)) if floats else sorted(set(numbers))
+        elif dist == "uniform":
+            out[key] = tune.uniform(*args)
+        elif dist == "loguniform":
+            out[key] = tune.loguniform(*args)
+    if not out:
+        raise ConfigError("--scheduler pbt: the space has no numeric key PBT can perturb (e.g. optim.lr, data.augment.*)")
+    return out
+
+
+def trial_driver_resources() -> dict[str, float]:
+    """What a trial's driver process holds: the custom ``trial_driver`` token that rayssl's own
+    ``ray.init`` (and cluster.yaml) declare, else a sliver of CPU on clusters without it.
+    Either way the driver takes nothing the trial's Train workers need."""
+    return {TRIAL_DRIVER: 1} if ray.cluster_resources().get(TRIAL_DRIVER) else {"CPU": 0.01}
+
+
+def max_concurrent_trials(cfg: Config) -> int:
+    """Trials that fit at once. One logical CPU stays free for Ray Data's read and view tasks.
+
+    Ray's logical CPUs are scheduling tokens, not cores: on a 2-core machine a trial of
+    2 workers at 0.5 CPU each runs alone, one of 1 worker at 0.5 CPU runs beside another.
+    """
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker
+    return max(1, int((cpus - 1) // per_trial))
+
+
+def _finish_unfinished_trials(cfg: Config, manifest: dict, uri: str, experiment: str, results) -> None:
+    """Trials stopped by ASHA never reached their probes: probe their last checkpoint and close their run."""
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        runs = tracking.find_runs(uri, experiment, {"rayssl.trial_id": trial_id}) if trial_id else []
+        if not runs or "probe/linear_top1" in runs[0].data.metrics:
+            continue
+        run_id = runs[0].info.run_id
+        if result.error is not None:
+            tracking.end_run(uri, run_id, "FAILED")
+            continue
+        checkpoint = (result.metrics or {}).get("checkpoint_path") or (result.checkpoint.path if result.checkpoint else None)
+        if not checkpoint:
+            tracking.end_run(uri, run_id, "KILLED")  # stopped before its first epoch ended: nothing to probe
+            continue
+        trial_cfg = trial_config(cfg.model_dump(mode="json"), result.config)
+        tracking.reopen_run(uri, run_id)
+        with tracking.run_status(uri, run_id):
+            tracking.set_tag(uri, run_id, "rayssl.stopped_early", "true")
+            probe_checkpoint_and_log(trial_cfg, manifest, uri, run_id, checkpoint)
+
+
+def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
+    """Validate everything, then run the search; returns the trials and the best one."""
+    raw = read_space(settings.space, known_keys(cfg))
+    if settings.search == "optuna" and any("grid" in spec for spec in raw.values()):
+        raise ConfigError(f"--search optuna: space {settings.space!r} has grid keys; use choice for Optuna")
+    tune_space = to_tune(raw, settings.search)
+    check_space_values(cfg, raw)
+    manifest = validate(cfg)
+    scheduler = _scheduler(settings, cfg, raw)
+    runs_dir = Path(cfg.tracking.runs_dir).resolve()
+    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, runs_dir)
+    tracking.check_reachable(uri)
+    name = settings.name or f"tune-{Path(settings.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = name  # one MLflow experiment per search: `rayssl compare --experiment NAME` reads it
+
+    if not ray.is_initialized():
+        ray.init(resources={TRIAL_DRIVER: 100}, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    parents = tracking.find_runs(uri, experiment, {"rayssl.kind": "tune", "rayssl.tune_name": name}) if settings.resume else []
+    if parents:
+        parent_run_id = parents[0].info.run_id
+        tracking.reopen_run(uri, parent_run_id)
+    else:
+        params = {
+            "space": settings.space,
+            "space.definition": json.dumps(raw),
+            "search": settings.search,
+            "scheduler": settings.scheduler,
+            "num_samples": settings.num_samples,
+            "metric": settings.metric,
+        }
+        parent_run_id = tracking.start_run(uri, experiment, name, params, tags={"rayssl.kind": "tune", "rayssl.tune_name": name})
+
+    with tracking.run_status(uri, parent_run_id):
+        trainable = tune.with_resources(
+            functools.partial(
+                run_trial,
+                base=cfg.model_dump(mode="json"),
+                manifest=manifest,
+                uri=uri,
+                parent_run_id=parent_run_id,
+                experiment=experiment,
+                storage=str(runs_dir / "ray" / name),
+                pbt_interval=settings.pbt_interval if settings.scheduler == "pbt" else None,
+            ),
+            trial_driver_resources(),
+        )
+        tune_dir = runs_dir / "tune" / name
+        if settings.resume and tune.Tuner.can_restore(str(tune_dir)):
+            tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=tune_space,
+                tune_config=tune.TuneConfig(
+                    metric=settings.metric,
+                    mode=settings.mode,
+                    search_alg=_search_alg(settings, max_concurrent_trials(cfg)),
+                    scheduler=scheduler,
+                    num_samples=settings.num_samples,
+                ),
+                run_config=tune.RunConfig(name=name, storage_path=str(runs_dir / "tune")),
+            )
+        results = tuner.fit()
+        _finish_unfinished_trials(cfg, manifest, uri, experiment, results)
+        trials = summarize_trials(uri, experiment, parent_run_id)
+        best = max(
+            (t for t in trials if "probe/linear_top1" in t["metrics"]),
+            key=lambda t: t["metrics"]["probe/linear_top1"],
+            default=None,
+        )
+        if best is not None:
+            tracking.set_tag(uri, parent_run_id, "rayssl.best_trial", best["trial_id"])
+            tracking.set_tag(uri, parent_run_id, "rayssl.best_run_id", best["run_id"])
+            tracking.set_tag(uri, parent_run_id, "rayssl.best_params", json.dumps(best["params"]))
+            tracking.log_metrics(
+                uri,
+                parent_run_id,
+                {"best/linear_top1": best["metrics"]["probe/linear_top1"], "best/knn_top1": best["metrics"]["probe/knn_top1"]},
+            )
+    return SearchResult(parent_run_id, uri, experiment, trials, best)
+
+
+def summarize_trials(uri: str, experiment: str, parent_run_id: str) -> list[dict[str, Any]]:
+    """The parent's child runs: trial id, run id, searched params (as the trial used them), status, metrics."""
+    parent = tracking.get_run(uri, parent_run_id)
+    searched = list(json.loads(parent.data.params.get("space.definition", "{}")))
+    out = []
+    for run in tracking.find_runs(uri, experiment, {"mlflow.parentRunId": parent_run_id}):
+        out.append(
+            {
+                "trial_id": run.data.tags.get("rayssl.trial_id"),
+                "run_id": run.info.run_id,
+                "params": {k: run.data.params.get(k) for k in searched},
+                "status": run.info.status,
+                "stopped_early": run.data.tags.get("rayssl.stopped_early") == "true",
+                "metrics": dict(run.data.metrics),
+            }
+        )
+    return out

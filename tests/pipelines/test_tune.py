@@ -1,0 +1,216 @@
+"""Ray Tune searches on a real Ray instance, real Fashion-MNIST shards and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipelines import tracking
+from pipelines.compare import compare
+from pipelines.config import ConfigError, build_config
+from pipelines.tune import SearchSettings, run_search
+from tune_spaces import SpaceError, read_space
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _base(shards, runs_dir, epochs=2, workers=2):
+    return build_config(
+        {},
+        [
+            f"data.shards={shards}",
+            "data.batch_size=64",
+            "data.max_train_images=512",
+            "method.backbone=tiny_cnn",
+            f"train.epochs={epochs}",
+            f"train.num_workers={workers}",
+            "train.timeout_s=900",
+            "optim.schedule=constant",
+            "optim.warmup_epochs=0",
+            "probe.linear_epochs=3",
+            "probe.knn_k=20",
+            "probe.max_train_images=512",
+            "probe.max_test_images=256",
+            "probe.baselines=false",
+            "probe.epoch_knn_images=200",
+            f"tracking.runs_dir={runs_dir}",
+        ],
+    )
+
+
+def _space(tmp_path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_bad_spaces_fail_naming_the_key(tmp_path):
+    keys = set(build_config().flat())
+    with pytest.raises(SpaceError, match=r"'optim.lrr' is not a config key"):
+        read_space(_space(tmp_path, "optim.lrr: {choice: [0.1]}\n"), keys)
+    with pytest.raises(SpaceError, match=r"optim.lr: choice needs a non-empty list"):
+        read_space(_space(tmp_path, "optim.lr: {choice: []}\n"), keys)
+    with pytest.raises(SpaceError, match=r"loguniform needs \[low, high\] with low < high"):
+        read_space(_space(tmp_path, "optim.lr: {loguniform: [0.5, 0.1]}\n"), keys)
+    with pytest.raises(SpaceError, match=r"nope: no such space file or shipped space; shipped: .*smoke"):
+        read_space("nope", keys)
+
+
+def test_every_shipped_space_reads(fmnist_shards, tmp_path):
+    from tune_spaces import list_spaces, to_tune
+
+    keys = set(build_config().flat())
+    assert {"augment", "temperature", "schedule", "methods", "smoke"} <= set(list_spaces())
+    for name in list_spaces():
+        assert to_tune(read_space(name, keys), "random")
+
+
+def test_bad_space_value_fails_before_ray_starts(fmnist_shards, tmp_path):
+    # An unknown method name inside a space is a config error found before any trial runs.
+    cfg = _base(fmnist_shards, tmp_path / "runs")
+    with pytest.raises(ConfigError, match=r"space value method.name='nope'.*known methods"):
+        run_search(cfg, SearchSettings(space=_space(tmp_path, "method.name: {grid: [simclr, nope]}\n"), search="grid"))
+    # From the command line: one line on stderr, exit 2, and no Ray instance started.
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "tune", "--space", _space(tmp_path, "optim.lrr: {choice: [1]}\n")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "'optim.lrr' is not a config key" in proc.stderr
+    assert "Ray" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.e2e
+def test_asha_grid_search_one_child_run_per_trial_and_compare(ray_session, fmnist_shards, tmp_path):
+    # Built so ASHA must stop a trial: grid order puts the larger lr first, trials run one
+    # at a time (2 workers on 2 CPUs), and the metric is the lr itself, so at epoch 1 the
+    # second trial is below the rung's cutoff set by the first.
+    cfg = _base(fmnist_shards, tmp_path / "runs")
+    settings = SearchSettings(
+        space=_space(tmp_path, "optim.lr: {grid: [0.1, 0.05]}\n"),
+        search="grid",
+        scheduler="asha",
+        num_samples=1,
+        name="asha-test",
+        metric="train/lr",
+    )
+    result = run_search(cfg, settings)
+
+    children = tracking.find_runs(result.tracking_uri, "asha-test", {"mlflow.parentRunId": result.parent_run_id})
+    assert len(children) == len(result.trials) == 2
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert {"probe/linear_top1", "probe/knn_top1"} <= set(run.data.metrics)
+    by_lr = {run.data.params["optim.lr"]: run for run in children}
+    stopped = by_lr["0.05"]
+    assert stopped.data.tags.get("rayssl.stopped_early") == "true"
+    assert stopped.data.metrics["epochs"] == 1  # probed at its last checkpoint, epoch 1 of 2
+    assert by_lr["0.1"].data.metrics["epochs"] == 2
+    parent = tracking.get_run(result.tracking_uri, result.parent_run_id)
+    best = max(children, key=lambda r: r.data.metrics["probe/linear_top1"])
+    assert parent.data.tags["rayssl.best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best/linear_top1"] == best.data.metrics["probe/linear_top1"]
+    assert parent.data.params["scheduler"] == "asha" and parent.data.params["search"] == "grid"
+
+    table, plots = compare(result.tracking_uri, "asha-test", tmp_path / "compare")
+    for run in children:
+        assert run.data.tags["rayssl.trial_id"] in table
+    assert "optim.lr" in table.splitlines()[0]  # the searched parameter is a column
+    assert {p.name for p in plots} == {
+        "accuracy_per_epoch.png",
+        "accuracy_per_method.png",
+        "accuracy_vs_params.png",
+        "embedding_best.png",
+    }
+    for plot in plots:
+        with Image.open(plot) as img:
+            assert img.format == "PNG" and img.size[0] > 100
+    logged = {a.path for a in tracking.client(result.tracking_uri).list_artifacts(result.parent_run_id, "compare")}
+    assert "compare/compare.txt" in logged and "compare/embedding_best.png" in logged
+
+
+@pytest.mark.e2e
+def test_pbt_records_its_perturbations(ray_session, fmnist_shards, tmp_path):
+    # Synchronous PBT with a metric that ranks the trials for certain (the lr itself):
+    # after epoch 1 the lower trial must clone the upper one and perturb its lr.
+    cfg = _base(fmnist_shards, tmp_path / "runs", epochs=2, workers=1)
+    cfg.data.augment_on = "device"  # views made in the Train worker, not in Ray Data
+    settings = SearchSettings(
+        space=_space(tmp_path, "optim.lr: {grid: [0.1, 0.02]}\n"),
+        search="grid",
+        scheduler="pbt",
+        num_samples=1,
+        name="pbt-test",
+        metric="train/lr",
+    )
+    result = run_search(cfg, settings)
+    children = tracking.find_runs(result.tracking_uri, "pbt-test", {"mlflow.parentRunId": result.parent_run_id})
+    assert len(children) == 2
+    followed = {
+        run.data.params["optim.lr"]: [v for _, v in tracking.metric_history(result.tracking_uri, run.info.run_id, "pbt/optim.lr")]
+        for run in children
+    }
+    # the trial that started at 0.02 was exploited: it continued with another lr
+    assert followed["0.02"][0] == 0.02 and any(v != 0.02 for v in followed["0.02"][1:])
+    for run in children:
+        assert run.info.status == "FINISHED" and "probe/linear_top1" in run.data.metrics
+        assert any(k.startswith("rayssl.pbt.config_from_epoch_") for k in run.data.tags)
+
+
+def _child_runs(uri, experiment):
+    return [r for r in tracking.search_runs(uri, experiment) if r.data.tags.get("rayssl.kind") == "trial"]
+
+
+@pytest.mark.e2e
+def test_interrupted_search_resumes_without_duplicates(fmnist_shards, tmp_path):
+    """Ctrl-C the driver after the first trial finished; --resume runs only what was left."""
+    import ray
+
+    ray.shutdown()  # the driver below starts its own Ray, as from a user's shell; one instance at a time
+    runs_dir = tmp_path / "runs"
+    uri = tracking.resolve_tracking_uri(None, runs_dir)
+    space = _space(tmp_path, "optim.lr: {grid: [0.1, 0.05, 0.02]}\n")
+    args = [sys.executable, "-m", "pipelines.cli", "tune", "--space", space, "--search", "grid", "--name", "resume-test"]
+    args += ["--set", f"data.shards={fmnist_shards}", "--set", f"tracking.runs_dir={runs_dir}"]
+    for item in ("data.batch_size=64", "data.max_train_images=256", "method.backbone=tiny_cnn", "train.epochs=1"):
+        args += ["--set", item]
+    args += ["--set", "probe.baselines=false", "--set", "probe.max_train_images=256", "--set", "probe.max_test_images=128"]
+    env = dict(os.environ, RAY_ADDRESS="local")  # its own Ray instance, like a user's shell
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Interrupt once the first trial's run has finished: read the driver's output line by line.
+    finished_first = False
+    for line in proc.stdout:
+        if "Trial" in line and "completed" in line or "TERMINATED" in line:
+            runs = _child_runs(uri, "resume-test")
+            if any(r.info.status == "FINISHED" for r in runs):
+                finished_first = True
+                proc.send_signal(signal.SIGINT)
+                break
+    proc.communicate(timeout=300)
+    assert finished_first, "the first trial never finished"
+    before = {r.info.run_id: r for r in _child_runs(uri, "resume-test")}
+    done_before = {rid for rid, r in before.items() if r.info.status == "FINISHED"}
+    assert 1 <= len(done_before) < 3
+
+    resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = _child_runs(uri, "resume-test")
+    assert len(after) == 3 and len({r.data.tags["rayssl.trial_id"] for r in after}) == 3
+    assert all(r.info.status == "FINISHED" and "probe/linear_top1" in r.data.metrics for r in after)
+    for rid in done_before:  # finished trials were not re-run: one loss record, the original one
+        history = tracking.metric_history(uri, rid, "train/loss")
+        assert len(history) == 1
+        assert history == [(1, before[rid].data.metrics["train/loss"])]
+    parents = tracking.find_runs(uri, "resume-test", {"rayssl.kind": "tune"})
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert json.loads(parents[0].data.tags["rayssl.best_params"])
