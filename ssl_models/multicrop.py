@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ssl_models import augment
-from ssl_models.views import MultiViewPolicy, _generator, normalize, register_views, to_float
+from ssl_models.views import MultiViewPolicy, _generator, register_views, to_float
 
 
 def local_crop_size(image_size: int) -> int:
@@ -65,20 +64,11 @@ class MultiCropPolicy(MultiViewPolicy):
         self.global_scale = tuple(global_scale)
         self.local_scale = tuple(local_scale)
 
-    def crop_view(self, x: torch.Tensor, gen: torch.Generator, size: int, scale: tuple[float, float]) -> torch.Tensor:
-        """MultiViewPolicy.view with the crop's size and area range as arguments."""
-        x = augment.random_resized_crop_flip(x, size, gen, scale=scale, flip_p=self.flip_p)
-        s = self.jitter_strength
-        x = augment.color_jitter(x, gen, brightness=s, contrast=s, saturation=s, p=self.jitter_p)
-        x = augment.random_grayscale(x, gen, p=self.grayscale_p)
-        x = augment.gaussian_blur(x, gen, p=self.blur_p, sigma=self.blur_sigma)
-        return normalize(x)
-
     def apply(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of uint8 images (N, H, W, C) on any device; ``__call__`` (numpy batches) is inherited."""
         gen = _generator(images.device, self.seed)
         x = to_float(images)
-        views = {f"view_{i}": self.crop_view(x, gen, self.image_size, self.global_scale) for i in range(2)}
+        views = {f"view_{i}": self.view(x, gen, self.image_size, self.global_scale) for i in range(2)}
         for i in range(self.local_crops):
-            views[f"view_{2 + i}"] = self.crop_view(x, gen, self.local_size, self.local_scale)
+            views[f"view_{2 + i}"] = self.view(x, gen, self.local_size, self.local_scale)
         return views

@@ -98,9 +98,12 @@ class MultiViewPolicy:
         self.blur_sigma = tuple(blur_sigma)
         self.seed = seed
 
-    def view(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """One normalized view of float images (N, C, H, W) in [0, 1]."""
-        x = augment.random_resized_crop_flip(x, self.image_size, gen, scale=self.crop_scale, flip_p=self.flip_p)
+    def view(
+        self, x: torch.Tensor, gen: torch.Generator, size: int | None = None, scale: tuple[float, float] | None = None
+    ) -> torch.Tensor:
+        """One normalized view of float images (N, C, H, W) in [0, 1]; ``size``/``scale`` default to the policy's."""
+        size, scale = size or self.image_size, scale or self.crop_scale
+        x = augment.random_resized_crop_flip(x, size, gen, scale=scale, flip_p=self.flip_p)
         s = self.jitter_strength
         x = augment.color_jitter(x, gen, brightness=s, contrast=s, saturation=s, p=self.jitter_p)
         x = augment.random_grayscale(x, gen, p=self.grayscale_p)
