@@ -20,14 +20,16 @@ matplotlib.use("Agg")  # files only; no display on clusters or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pipelines import tracking  # noqa: E402
 from pipelines.report import format_table  # noqa: E402
 
 BASELINES = ("baseline/pixels_linear_top1", "baseline/random_init_linear_top1")
+COLUMN_NAMES = {"baseline/pixels_linear_top1": "pixels linear", "baseline/random_init_linear_top1": "random-init linear"}
 SEARCHABLE_PREFIXES = ("data.", "method.", "optim.", "train.epochs", "train.num_workers")
 # Params that differ between runs for reasons other than the experiment's design.
-NOT_COMPARED = {"tracking.run_name", "train.seed", "train.timeout_s"}
+NOT_COMPARED = {"tracking.run_name", "train.seed", "train.timeout_s", "method.name"}  # method has its own column
 
 
 @dataclass
@@ -82,7 +84,8 @@ def comparison_table(rows: list[RunRow]) -> str:
     varying = varying_params(rows)
     few_label = sorted({k for r in rows for k in r.metrics if k.startswith(("probe/finetune_", "baseline/supervised_"))})
     few_label += [k for k in BASELINES if any(k in r.metrics for r in rows)]
-    headers = ["run", "method", *varying, "linear", "kNN", *few_label, "epochs", "images/s", "wall s", "CPU-h", "GPU-h", "status"]
+    extra = [COLUMN_NAMES.get(k, k.split("/", 1)[-1]) for k in few_label]
+    headers = ["run", "method", *varying, "linear", "kNN", *extra, "epochs", "images/s", "wall s", "CPU-h", "GPU-h", "status"]
     body = []
     for r in sorted(rows, key=lambda r: -r.metrics.get("probe/linear_top1", -1)):
         m = r.metrics
@@ -104,6 +107,7 @@ def plot_epoch_curves(rows: list[RunRow], out: Path) -> Path:
             steps, values = zip(*r.epoch_curve, strict=True)
             ax.plot(steps, values, marker="o", label=f"{r.name} ({r.method})")
     ax.set(xlabel="epoch", ylabel="per-epoch kNN top-1 (held-out train subset)", title="Probe accuracy per epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if any(r.epoch_curve for r in rows):
         ax.legend(fontsize=7)
     return _save(fig, out / "accuracy_per_epoch.png")
@@ -125,6 +129,8 @@ def plot_per_method(rows: list[RunRow], out: Path) -> Path:
 
 def plot_against_params(rows: list[RunRow], out: Path) -> Path:
     varying = varying_params(rows) or ["method.name"]
+    if len({r.method for r in rows}) > 1 and "method.name" not in varying:
+        varying = ["method.name", *varying]
     fig, axes = plt.subplots(1, len(varying), figsize=(4 * len(varying), 3.5), squeeze=False)
     for ax, key in zip(axes[0], varying, strict=True):
         pairs = [(r.params.get(key, ""), r.metrics["probe/linear_top1"]) for r in rows if "probe/linear_top1" in r.metrics]
