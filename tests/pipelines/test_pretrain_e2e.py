@@ -59,10 +59,12 @@ def test_pretrain_probe_and_mlflow_server_record(ray_session, fmnist_shards, mlf
     artifacts = {a.path for a in tracking.client(mlflow_server).list_artifacts(result.run_id)}
     assert {"config.yaml", "checkpoint"} <= artifacts
 
-    # the saved checkpoint probes again from the command line
-    assert cli.main(["probe", result.checkpoint_dir, "--data", str(fmnist_shards)]) == 0
+    # the saved checkpoint probes again from the command line, with few labels too, logging to its run
+    assert cli.main(["probe", result.checkpoint_dir, "--data", str(fmnist_shards), "--labels-per-class", "2"]) == 0
     printed = capsys.readouterr().out
     assert "probe/linear_top1" in printed and "baseline/pixels_linear_top1" in printed
+    few = tracking.get_run(mlflow_server, result.run_id).data.metrics
+    assert 0.0 <= few["probe/finetune_2pc_top1"] <= 1.0 and 0.0 <= few["baseline/supervised_2pc_top1"] <= 1.0
 
 
 def test_invalid_config_fails_before_ray(fmnist_shards, tmp_path):
