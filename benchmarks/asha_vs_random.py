@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-images", type=int, default=5000)
+    parser.add_argument("--probe-images", type=int, default=10_000)
     parser.add_argument("--runs-dir", default="rayssl-runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -39,7 +40,8 @@ def main() -> None:
             f"data.shards={args.shards}",
             f"data.max_train_images={args.train_images}",
             f"train.epochs={args.epochs}",
-            "probe.max_train_images=10000",
+            f"probe.max_train_images={args.probe_images}",
+            f"probe.max_test_images={args.probe_images}",
             "probe.baselines=false",
             f"tracking.runs_dir={args.runs_dir}",
         ],
