@@ -237,8 +237,10 @@ def _finish_unfinished_trials(cfg: Config, manifest: dict, uri: str, experiment:
         trial_cfg = trial_config(cfg.model_dump(mode="json"), result.config)
         tracking.reopen_run(uri, run_id)
         with tracking.run_status(uri, run_id):
-            tracking.set_tag(uri, run_id, "rayssl.stopped_early", "true")
-            probe_checkpoint_and_log(trial_cfg, manifest, uri, run_id, checkpoint)
+            metrics = probe_checkpoint_and_log(trial_cfg, manifest, uri, run_id, checkpoint)
+            # ASHA also stops trials that reached max_t, right after their last report: not early.
+            if metrics["epochs"] < trial_cfg.train.epochs:
+                tracking.set_tag(uri, run_id, "rayssl.stopped_early", "true")
 
 
 def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
