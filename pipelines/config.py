@@ -57,6 +57,14 @@ class MethodConfig(_Strict):
     hidden_dim: int | None = Field(None, ge=1)  # hidden size of the projection head
     kwargs: dict[str, Any] = {}  # further method-specific arguments passed to create_method
 
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, v):
+        import ssl_models
+
+        ssl_models.method_class(v)  # raises with the known names; here the error names method.name
+        return v
+
 
 class OptimConfig(_Strict):
     name: Literal["sgd", "lars", "adamw"] = "sgd"
@@ -113,10 +121,10 @@ class Config(_Strict):
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
-    def _known_method(self):
+    def _batch_fits_the_method(self):
         import ssl_models
 
-        cls = ssl_models.method_class(self.method.name)  # raises with the known names
+        cls = ssl_models.method_class(self.method.name)
         per_worker = self.data.batch_size // self.train.num_workers
         if per_worker < cls.min_batch_per_worker:
             raise ValueError(
@@ -145,7 +153,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, for example optim.lr=0.1")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw else None
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({str(err).splitlines()[0]})") from None
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -162,14 +173,14 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "config"
+    field = ".".join(str(p) for p in first["loc"])  # empty for checks across sections: their message names the fields
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown field (check the spelling; see configs/ for the known fields)"
     elif first["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{field}: {msg}{more}"
+    return f"{field}: {msg}{more}" if field else f"{msg}{more}"
 
 
 def build_config(tree: dict[str, Any] | None = None, overrides: list[str] | None = None, source: str = "config") -> Config:
