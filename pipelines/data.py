@@ -12,7 +12,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import struct
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,28 +86,50 @@ def load_image(path: Path, mode: str, size: int | None) -> Image.Image:
     """Open, fully decode and convert one image; raises ``ValueError`` with a reason when it cannot."""
     if path.stat().st_size == 0:
         raise ValueError("zero-byte file")
+    width, height = _read_pil(lambda: _declared_size(path))
+    if width * height > MAX_IMAGE_PIXELS:  # checked on the header, before any pixel is allocated
+        raise ValueError(f"declares {width}x{height} pixels, over the {MAX_IMAGE_PIXELS} pixel limit (a decompression bomb?)")
+    img = _read_pil(lambda: _decode(path, mode))
+    return img if size is None else _resize_center_crop(img, size)
+
+
+def _read_pil(step):
+    """Run one PIL step; PIL raises many exception types for broken files, all become one ``ValueError`` reason."""
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"declares {width}x{height} pixels, over the {MAX_IMAGE_PIXELS} limit")
-            img.load()
-            if img.mode == "I;16" or img.mode.startswith("I"):
-                # 16-bit grayscale: scale to 8 bits rather than clipping.
-                arr = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8), mode="L")
-            if img.mode in ("P", "LA", "RGBA", "PA"):
-                img = img.convert("RGBA").convert(mode) if mode == "RGB" else img.convert(mode)
-            img = img.convert(mode)
-    except ValueError:
-        raise
+        with warnings.catch_warnings():
+            # PIL warns above its own limit; ours is lower and refuses such images with their size.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return step()
     except Image.DecompressionBombError as err:
-        raise ValueError(f"decompression bomb refused ({err})") from None
-    except Exception as err:  # PIL raises many types for broken files
+        # Over twice PIL's limit, PIL refuses while opening, before our check sees the size.
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = found.group(1) if found else "too many"
+        raise ValueError(f"declares {pixels} pixels, over the {MAX_IMAGE_PIXELS} pixel limit (a decompression bomb?)") from None
+    except Exception as err:
         raise ValueError(f"cannot decode ({type(err).__name__}: {err})") from None
-    if size is not None:
-        img = _resize_center_crop(img, size)
-    return img
+
+
+def _declared_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        return img.size
+
+
+def _decode(path: Path, mode: str) -> Image.Image:
+    with Image.open(path) as img:
+        img.verify()  # checksums that load() skips, such as PNG chunk CRCs
+    with Image.open(path) as img:
+        img.load()
+        return _convert(img, mode)
+
+
+def _convert(img: Image.Image, mode: str) -> Image.Image:
+    if img.mode.startswith("I"):
+        # 16-bit grayscale (PNG opens as I;16, 16-bit PGM as I): scale 0..65535 to 0..255; convert() would clip.
+        scaled = np.clip(np.round(np.asarray(img, dtype=np.float64) / 257), 0, 255)
+        img = Image.fromarray(scaled.astype(np.uint8))
+    if img.mode in ("P", "PA") and mode == "RGB":
+        img = img.convert("RGBA")  # a palette's transparency is applied on the way through RGBA
+    return img.convert(mode)
 
 
 def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -186,6 +210,11 @@ def _folder_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
+def _as_text(name: str) -> str:
+    """A file name as valid text: bytes that are not UTF-8 become ``\\xe9`` escapes, so distinct names stay distinct."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _is_test(image_id: str, test_fraction: float) -> bool:
     digest = hashlib.sha1(image_id.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 < test_fraction
@@ -230,9 +259,10 @@ def write_shards(
         image_size = [size, size]
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink())
         class_index = {name: i for i, name in enumerate(classes)}
+        classes = [_as_text(name) for name in classes]  # the manifest is JSON read by other tools
         for path in _folder_files(root):
             rel = path.relative_to(root)
-            image_id = os.fsdecode(rel).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            image_id = _as_text(str(rel))
             try:
                 img = load_image(path, mode, size)
             except (ValueError, OSError) as err:
@@ -283,6 +313,46 @@ def read_manifest(shards: str) -> dict:
         raise DataError(f"{uri}/manifest.json: not found; write shards first with 'rayssl shard SOURCE --out {shards}'") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{uri}/manifest.json: not valid JSON ({err}); re-run 'rayssl shard'") from None
+
+
+def check_shards(shards: str, manifest: dict) -> None:
+    """Open every Parquet file the manifest lists (footer and schema only) and check rayssl's columns.
+
+    Cheap enough to run before Ray starts, so that a missing, corrupt or foreign
+    shard fails in one line instead of inside a Ray Data task.
+    """
+    uri = resolve_uri(shards)
+    fs, base = pafs.FileSystem.from_uri(uri)
+    redo = f"re-run 'rayssl shard SOURCE --out {shards}'"
+    for split, summary in manifest.get("splits", {}).items():
+        for name in summary.get("shards", []):
+            path = f"{base}/{split}/{name}"
+            try:
+                schema = pq.read_schema(path, filesystem=fs)
+            except FileNotFoundError:
+                raise DataError(f"{uri}/{split}/{name}: listed in manifest.json but missing; {redo}") from None
+            except (pa.ArrowException, OSError) as err:
+                reason = str(err).splitlines()[0]
+                raise DataError(f"{uri}/{split}/{name}: not a readable Parquet file ({reason}); {redo}") from None
+            problem = _schema_problem(schema)
+            if problem:
+                raise DataError(f"{uri}/{split}/{name}: not a rayssl shard ({problem}); {redo}")
+
+
+def _schema_problem(schema: pa.Schema) -> str | None:
+    """What is wrong with a shard's columns, or None: image must be binary, label an integer, id a string."""
+    wanted = {
+        "image": (pa.types.is_binary, pa.types.is_large_binary),
+        "label": (pa.types.is_integer,),
+        "id": (pa.types.is_string, pa.types.is_large_string),
+    }
+    for column, accepts in wanted.items():
+        if column not in schema.names:
+            return f"no '{column}' column; it has {', '.join(schema.names) or 'no columns'}"
+        kind = schema.field(column).type
+        if not any(accept(kind) for accept in accepts):
+            return f"column '{column}' is {kind}"
+    return None
 
 
 def split_uri(shards: str, split: str) -> str:
