@@ -2,10 +2,9 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
-from pipelines.data import DataError, load_labeled, read_fashion_mnist, write_shards
+from pipelines.data import load_labeled, read_fashion_mnist, write_shards
 
 
 def test_fashion_mnist_round_trip(tmp_path):
@@ -55,15 +54,4 @@ def test_folder_shards_label_by_subfolder_and_skip_bad_files(tmp_path):
     assert set(labels.tolist()) <= {0, 1}
 
 
-def test_strict_stops_at_first_bad_file_naming_it(tmp_path):
-    _folder_with_bad_files(tmp_path / "src")
-    with pytest.raises(DataError, match=r"cats/empty\.png: zero-byte file"):
-        write_shards(str(tmp_path / "src"), tmp_path / "out", strict=True)
-
-
-def test_missing_and_empty_sources_fail_with_one_line(tmp_path):
-    with pytest.raises(DataError, match="no such file or folder"):
-        write_shards(str(tmp_path / "nope"), tmp_path / "out")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no image files found"):
-        write_shards(str(tmp_path / "empty"), tmp_path / "out")
+# Bad sources, --strict and every other refused input: tests/pipelines/test_bad_inputs.py
