@@ -156,10 +156,11 @@ def cmd_compare(args) -> int:
 
 
 def cmd_preview(args) -> int:
+    from pipelines.data import resolve_uri
     from pipelines.preview import preview
 
     cfg = _load(args)
-    cfg.data.shards = str(Path(cfg.data.shards).resolve()) if "://" not in cfg.data.shards else cfg.data.shards
+    cfg.data.shards = resolve_uri(cfg.data.shards)
     print(f"wrote {preview(cfg, args.out, images=args.images)}")
     return 0
 
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TrackingError, SpaceError, FileNotFoundError) as err:
         print(f"rayssl: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # training diverged; the run is marked FAILED
+        print(f"rayssl: training failed: {err}; the MLflow run is marked FAILED", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rayssl: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
         return 130

@@ -80,9 +80,18 @@ class TrainConfig(_Strict):
     num_workers: int = Field(2, ge=1)  # Ray Train workers (processes), one DDP rank each
     cpus_per_worker: float = Field(0.5, gt=0)  # logical CPUs per worker; <1 leaves room for Ray Data tasks
     use_gpu: bool = False  # NCCL + bf16 autocast when true
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD puts workers on different nodes when it can
     seed: int = 0
     max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint
     timeout_s: float | None = Field(None, gt=0)  # abort the run if fit() takes longer
+
+
+class FaultConfig(_Strict):
+    """Deliberate failures for tests and fire drills (all off by default). Steps count from 0 over the run."""
+
+    exit_at_step: int | None = Field(None, ge=0)  # worker `exit_rank` dies (os._exit) at this step, once per run
+    exit_rank: int = Field(0, ge=0)
+    nan_at_step: int | None = Field(None, ge=0)  # the loss turns NaN at this step on every worker
 
 
 class ProbeConfig(_Strict):
@@ -109,7 +118,8 @@ class TrackingConfig(_Strict):
     runs_dir: str = "rayssl-runs"  # checkpoints, Ray storage and the default SQLite MLflow store
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///<runs_dir>/mlflow.db
     experiment: str = "rayssl"
-    run_name: str | None = None  # defaults to <method>-<timestamp>
+    run_name: str | None = None  # defaults to <method>-<timestamp>; rerunning a name that did not finish resumes it
+    storage_path: str | None = None  # Ray checkpoints and Tune state: a folder or s3://...; None = runs_dir
 
 
 class Config(_Strict):
@@ -119,6 +129,7 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
     tracking: TrackingConfig = TrackingConfig()
+    faults: FaultConfig = FaultConfig()
 
     @model_validator(mode="after")
     def _batch_fits_the_method(self):
@@ -132,6 +143,12 @@ class Config(_Strict):
                 f"{self.train.num_workers} workers; {self.method.name} needs at least {cls.min_batch_per_worker}"
             )
         return self
+
+    def storage(self, *parts: str) -> str:
+        """Absolute folder or URI under ``tracking.storage_path`` (default ``runs_dir``) for Ray's state."""
+        root = self.tracking.storage_path or self.tracking.runs_dir
+        root = root if "://" in root else str(Path(root).expanduser().resolve())
+        return "/".join([root.rstrip("/"), *parts])
 
     def flat(self) -> dict[str, Any]:
         """The resolved config as ``{"method.name": ..., "optim.lr": ...}``."""

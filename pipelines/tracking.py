@@ -90,6 +90,44 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | No
     client(uri).log_batch(run_id, metrics=items)
 
 
+def log_metric_rows(uri: str, run_id: str, rows: list[dict]) -> None:
+    """Log rows ``{"key", "value", "step", "timestamp"}`` (as a ``MetricBuffer`` keeps them) in batches."""
+    items = [Metric(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])) for r in rows]
+    for i in range(0, len(items), 1000):  # MLflow accepts at most 1000 metrics per batch
+        client(uri).log_batch(run_id, metrics=items[i : i + 1000])
+
+
+class MetricBuffer:
+    """Per-epoch metrics from a training worker that never block training on the tracking server.
+
+    When the server does not answer, the metrics stay here (and travel in each checkpoint via
+    ``pending``) and are sent with the next epoch's metrics, or by the driver at the end.
+    """
+
+    def __init__(self, uri: str, run_id: str, pending: list[dict] | None = None):
+        self.uri, self.run_id = uri, run_id
+        self.pending: list[dict] = list(pending or [])
+        # Fail fast inside workers (MLflow otherwise retries for minutes); the driver keeps the defaults.
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+
+    def log(self, metrics: dict[str, float], step: int) -> bool:
+        """Queue ``metrics`` and try to send everything queued; returns whether it all arrived."""
+        timestamp = int(1000 * time.time())
+        self.pending += [{"key": k, "value": float(v), "step": step, "timestamp": timestamp} for k, v in metrics.items()]
+        try:
+            log_metric_rows(self.uri, self.run_id, self.pending)
+        except Exception as err:  # any transport or server error: keep the rows, train on
+            print(
+                f"warning: MLflow at {self.uri} did not take metrics ({type(err).__name__}); "
+                f"{len(self.pending)} buffered, sent when it answers again",
+                flush=True,
+            )
+            return False
+        self.pending = []
+        return True
+
+
 def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     client(uri).log_artifact(run_id, str(path), artifact_path)
 

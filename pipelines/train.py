@@ -7,6 +7,7 @@ Ray Data into a ``TorchTrainer``, probes the final checkpoint and closes the run
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import threading
 import time
@@ -27,8 +28,13 @@ from pipelines import tracking
 from pipelines.config import Config, ConfigError
 from pipelines.data import decode_png_batch, load_labeled, read_manifest, resolve_uri, split_uri
 from pipelines.evaluate import build_method, extract_features, ignored_method_fields, knn_top1, run_probes
+from pipelines.faults import FaultInjector
 from ssl_models.optim import build_optimizer
 from ssl_models.schedules import learning_rate
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged; the message names the epoch and step."""
 
 
 @dataclass
@@ -54,9 +60,10 @@ class ViewsFromPNG:
         return decoded if self.policy is None else self.policy(decoded)
 
 
-def view_policy(cfg: Config, manifest: dict):
+def view_policy(cfg: Config, manifest: dict, method=None):
     # The built method, not its class: an argument such as DINO's num_local_crops sets its views.
-    method = build_method(cfg, manifest)
+    # A worker passes the method it already built rather than building a second one.
+    method = method if method is not None else build_method(cfg, manifest)
     a = cfg.data.augment
     return ssl_models.create_views(
         method.view_policy,
@@ -115,8 +122,11 @@ class EpochKNN:
         return knn_top1(train_f, self.train_labels, test_f, self.test_labels, self.num_classes, self.k, self.temperature)
 
 
-def _save_checkpoint(model, optimizer, epoch: int, cfg: Config, manifest: dict, folder: str, run_id: str, uri: str) -> None:
+def _save_checkpoint(
+    model, optimizer, epoch: int, cfg: Config, manifest: dict, folder: str, run_id: str, uri: str, pending
+) -> None:
     state = {
+        "pending_metrics": pending,  # metrics the tracking server has not taken yet; the driver sends them
         "run_id": run_id,  # so `rayssl probe CHECKPOINT` can log to the run that made it
         "tracking_uri": uri,
         "model": model.state_dict(),
@@ -135,7 +145,31 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+def _any_rank(flag: bool, device) -> bool:
+    """True on every rank when ``flag`` is true on any: all ranks must stop at the same step."""
+    t = torch.tensor([float(flag)], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str) -> None:
+    """Tag the run with the Ray node of every worker (rank order); best effort, training never waits on it."""
+    nodes = [None] * world
+    node = ray.get_runtime_context().get_node_id()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_gather_object(nodes, node)
+    else:
+        nodes = [node]
+    if rank == 0:
+        print(f"workers on nodes {nodes}", flush=True)
+        try:
+            tracking.set_tag(uri, run_id, "rayssl.worker_nodes", ",".join(nodes))
+        except Exception as err:  # an unreachable server must not stop training
+            print(f"warning: could not tag worker nodes ({type(err).__name__})", flush=True)
+
+
+def train_loop_per_worker(loop_config: dict) -> dict | None:
     """One Ray Train worker: DDP model, streamed views, one report + checkpoint per epoch."""
     cfg = Config.model_validate(loop_config["config"])
     manifest, run_id, uri = loop_config["manifest"], loop_config["run_id"], loop_config["tracking_uri"]
@@ -147,7 +181,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     method = build_method(cfg, manifest)
     optimizer = build_optimizer(cfg.optim.name, method, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum)
-    start_epoch = 0
+    start_epoch, pending = 0, []
     checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure
     if checkpoint is None and loop_config.get("init_checkpoint"):  # a PBT segment continues a checkpoint
         checkpoint = Checkpoint(loop_config["init_checkpoint"])
@@ -157,6 +191,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
+        pending = state.get("pending_metrics", [])
     model = ray.train.torch.prepare_model(method)
     inner = model.module if hasattr(model, "module") else model
 
@@ -165,11 +200,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     total_steps = cfg.train.epochs * steps_per_epoch
     warmup_steps = int(cfg.optim.warmup_epochs * steps_per_epoch)
     base_lr = cfg.optim.lr * cfg.data.batch_size / 256  # linear scaling rule
-    policy = view_policy(cfg, manifest) if cfg.data.augment_on == "device" else None
+    policy = view_policy(cfg, manifest, method) if cfg.data.augment_on == "device" else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.use_gpu else contextlib.nullcontext()
     shard = ray.train.get_dataset_shard("train")
 
     epoch_probe = EpochKNN(cfg) if rank == 0 and cfg.probe.epoch_knn_images else None
+    buffer = tracking.MetricBuffer(uri, run_id, pending) if rank == 0 else None
+    faults = FaultInjector(cfg.faults, rank, Path(cfg.tracking.runs_dir) / "faults", run_id)
+    _record_worker_nodes(rank, world, uri, run_id)
     step = start_epoch * steps_per_epoch
     # The lr schedule always spans train.epochs; a PBT segment stops early at stop_epoch.
     stop_epoch = loop_config.get("stop_epoch") or cfg.train.epochs
@@ -184,11 +222,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             lr = learning_rate(cfg.optim.schedule, step, total_steps, warmup_steps, base_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            faults.before_step(step)
             with autocast:
                 out = model(batch)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower optim.lr")
+            loss = faults.loss(out["loss"], step)
+            if _any_rank(not torch.isfinite(loss), device):
+                # Returned, not raised: a restart from the last checkpoint would only diverge again.
+                return {"error": f"loss is not finite at epoch {epoch + 1}, step {step}; lower optim.lr or check the data"}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -211,8 +251,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics["probe/epoch_knn_top1"] = epoch_probe(inner.encoder, device)
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
-                _save_checkpoint(inner, optimizer, epoch, cfg, manifest, folder, run_id, uri)
-                tracking.log_metrics(uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+                buffer.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+                _save_checkpoint(inner, optimizer, epoch, cfg, manifest, folder, run_id, uri, buffer.pending)
                 print(
                     f"epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.3f}  "
                     f"proxy_acc {metrics['train/proxy_acc']:.2f}  {metrics['train/images_per_s']:.0f} images/s  "
@@ -228,9 +268,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def validate(cfg: Config) -> dict:
     """Everything that can be checked before Ray starts; returns the shards' manifest.
 
-    Also makes ``data.shards`` absolute: Ray workers run in another folder.
+    Also makes ``data.shards`` and ``tracking.runs_dir`` absolute: Ray workers run in another folder.
     """
     cfg.data.shards = resolve_uri(cfg.data.shards)
+    cfg.tracking.runs_dir = str(Path(cfg.tracking.runs_dir).expanduser().resolve())
+    check_capacity(cfg)
     manifest = read_manifest(cfg.data.shards)
     size = manifest["image_size"][0]
     if cfg.data.crop_size is not None and cfg.data.crop_size > size:
@@ -243,6 +285,28 @@ def validate(cfg: Config) -> dict:
     if ignored:
         print(f"note: {cfg.method.name} does not use {', '.join(ignored)}; ignoring")
     return manifest
+
+
+def check_capacity(cfg: Config) -> None:
+    """Refuse workers the cluster can never place: Ray would wait for them forever instead of failing."""
+    if ray.is_initialized():
+        total = ray.cluster_resources()
+    elif os.environ.get("RAY_ADDRESS", "local") != "local":
+        return  # a remote (maybe autoscaling) cluster: only Ray knows what it can grow to
+    else:
+        total = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+    t = cfg.train
+    need = t.num_workers * t.cpus_per_worker
+    if need > total.get("CPU", 0):
+        raise ConfigError(
+            f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker} needs {need:g} CPUs, "
+            f"the cluster has {total.get('CPU', 0):g}; lower one of them"
+        )
+    if t.use_gpu and t.num_workers > total.get("GPU", 0):
+        raise ConfigError(
+            f"train.num_workers={t.num_workers} with train.use_gpu=true needs {t.num_workers} GPUs, "
+            f"the cluster has {total.get('GPU', 0):g}; lower train.num_workers or set train.use_gpu=false"
+        )
 
 
 def _fit_with_timeout(trainer: TorchTrainer, timeout_s: float | None):
@@ -277,14 +341,16 @@ def fit(
     uri: str,
     run_id: str,
     ray_run_name: str,
-    storage_path: Path,
+    storage_path: str,
     callbacks: list | None = None,
     init_checkpoint: str | None = None,
     stop_epoch: int | None = None,
+    dataset: ray.data.Dataset | None = None,
 ):
     """Train with Ray Train, logging to the open MLflow run ``run_id``; returns Ray Train's result.
 
-    ``init_checkpoint`` and ``stop_epoch`` run one segment of a longer run (PBT).
+    ``init_checkpoint`` and ``stop_epoch`` run one segment of a longer run (PBT). ``dataset``
+    replaces the streamed shards (benchmarks feed views held in memory).
     """
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -299,6 +365,7 @@ def fit(
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
+            placement_strategy=cfg.train.placement_strategy,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
         ),
         run_config=RunConfig(
@@ -308,9 +375,12 @@ def fit(
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=callbacks or [],
         ),
-        datasets={"train": build_pretrain_dataset(cfg, manifest)},
+        datasets={"train": dataset if dataset is not None else build_pretrain_dataset(cfg, manifest)},
     )
-    return _fit_with_timeout(trainer, cfg.train.timeout_s)
+    result = _fit_with_timeout(trainer, cfg.train.timeout_s)
+    if isinstance(result.return_value, dict) and "error" in result.return_value:
+        raise NonFiniteLossError(result.return_value["error"])
+    return result
 
 
 def log_config(cfg: Config, uri: str, run_id: str) -> None:
@@ -321,7 +391,7 @@ def log_config(cfg: Config, uri: str, run_id: str) -> None:
 
 
 def fit_and_probe(
-    cfg: Config, manifest: dict, uri: str, run_id: str, ray_run_name: str, storage_path: Path, callbacks: list | None = None
+    cfg: Config, manifest: dict, uri: str, run_id: str, ray_run_name: str, storage_path: str, callbacks: list | None = None
 ) -> tuple[dict[str, float], str]:
     """Train, then probe the final checkpoint; logs to the open MLflow run ``run_id``.
 
@@ -341,6 +411,8 @@ def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str,
     """Probe a run's checkpoint, log the probe metrics and the checkpoint itself to its MLflow run."""
     with Checkpoint(checkpoint_dir).as_directory() as folder:
         state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
+        if state.get("pending_metrics"):  # the tracking server was away when the workers last tried
+            tracking.log_metric_rows(uri, run_id, state["pending_metrics"])
         tracking.log_artifact(uri, run_id, Path(folder) / "checkpoint.pt", "checkpoint")
     method = build_method(cfg, manifest)
     method.load_state_dict(state["model"])
@@ -350,15 +422,33 @@ def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str,
     return metrics
 
 
-def pretrain(cfg: Config) -> PretrainResult:
-    """Pretrain, probe and record one run; returns the MLflow run id and final metrics."""
+def open_pretrain_run(cfg: Config, uri: str, run_name: str) -> str:
+    """A new MLflow run, or the newest run of that name again when it did not finish.
+
+    Reopening the run also resumes its training: the Ray Train run name derives from the
+    MLflow run id, and Ray Train continues a run name from its last checkpoint.
+    """
+    if cfg.tracking.run_name:
+        previous = tracking.find_runs(uri, cfg.tracking.experiment, {"rayssl.kind": "pretrain", "mlflow.runName": run_name})
+        if previous and previous[0].info.status != "FINISHED":
+            run = previous[0].info
+            print(f"resuming run {run_name} (MLflow {run.run_id}, was {run.status}) from its last checkpoint")
+            tracking.reopen_run(uri, run.run_id)
+            return run.run_id
+    return tracking.start_run(uri, cfg.tracking.experiment, run_name, cfg.flat(), tags={"rayssl.kind": "pretrain"})
+
+
+def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
+    """Pretrain, probe and record one run; returns the MLflow run id and final metrics.
+
+    ``callbacks`` are Ray Train ``UserCallback``s (they run in Ray Train's controller).
+    """
     manifest = validate(cfg)
-    runs_dir = Path(cfg.tracking.runs_dir).resolve()
-    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, runs_dir)
+    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)
     tracking.check_reachable(uri)
     run_name = cfg.tracking.run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_id = tracking.start_run(uri, cfg.tracking.experiment, run_name, cfg.flat(), tags={"rayssl.kind": "pretrain"})
+    run_id = open_pretrain_run(cfg, uri, run_name)
     with tracking.run_status(uri, run_id):
         ensure_ray()
-        metrics, checkpoint = fit_and_probe(cfg, manifest, uri, run_id, f"{run_name}-{run_id[:8]}", runs_dir / "ray")
+        metrics, checkpoint = fit_and_probe(cfg, manifest, uri, run_id, f"{run_name}-{run_id[:8]}", cfg.storage("ray"), callbacks)
     return PretrainResult(run_id, uri, metrics, checkpoint, metrics["wall_s"])

@@ -126,12 +126,12 @@ def run_trial(
     with tracking.run_status(uri, run_id):
         if pbt_interval is None:
             # The same Ray Train run name on a resumed trial lets Train continue its last checkpoint.
-            fit_and_probe(cfg, manifest, uri, run_id, trial_id, Path(storage), callbacks=[TuneReportCallback()])
+            fit_and_probe(cfg, manifest, uri, run_id, trial_id, storage, callbacks=[TuneReportCallback()])
         else:
-            _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, Path(storage), pbt_interval)
+            _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, storage, pbt_interval)
 
 
-def _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, storage: Path, interval: int) -> None:
+def _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, storage: str, interval: int) -> None:
     """Train ``interval`` epochs at a time from the checkpoint Tune hands back (PBT may have cloned it)."""
     start_epoch, init = 0, None
     checkpoint = tune.get_checkpoint()
@@ -285,14 +285,14 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
                 uri=uri,
                 parent_run_id=parent_run_id,
                 experiment=experiment,
-                storage=str(runs_dir / "ray" / name),
+                storage=cfg.storage("ray", name),
                 pbt_interval=settings.pbt_interval if settings.scheduler == "pbt" else None,
             ),
             trial_driver_resources(),
         )
-        tune_dir = runs_dir / "tune" / name
-        if settings.resume and tune.Tuner.can_restore(str(tune_dir)):
-            tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=True)
+        tune_dir = cfg.storage("tune", name)
+        if settings.resume and tune.Tuner.can_restore(tune_dir):
+            tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -304,7 +304,7 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
                     scheduler=scheduler,
                     num_samples=settings.num_samples,
                 ),
-                run_config=tune.RunConfig(name=name, storage_path=str(runs_dir / "tune")),
+                run_config=tune.RunConfig(name=name, storage_path=cfg.storage("tune")),
             )
         results = tuner.fit()
         _finish_unfinished_trials(cfg, manifest, uri, experiment, results)

@@ -1,0 +1,154 @@
+"""Faults injected for real: a worker process dies, the loss diverges, the driver is killed, MLflow goes away.
+
+Each run is tiny (tiny_cnn, 512 images, 3 epochs of 8 steps) on real Fashion-MNIST shards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines import tracking
+from pipelines.config import ConfigError, build_config
+from pipelines.train import NonFiniteLossError, pretrain, validate
+from tests.conftest import MlflowServer
+
+REPO = Path(__file__).resolve().parents[2]
+EPOCHS, STEPS_PER_EPOCH = 3, 8  # 512 images / 2 workers / 32 per worker
+
+TINY = [
+    "data.batch_size=64",
+    "data.max_train_images=512",
+    "method.backbone=tiny_cnn",
+    f"train.epochs={EPOCHS}",
+    "train.timeout_s=400",
+    "probe.baselines=false",
+    "probe.linear_epochs=3",
+    "probe.knn_k=20",
+    "probe.max_train_images=512",
+    "probe.max_test_images=256",
+    "probe.epoch_knn_images=0",
+]
+
+
+def _config(shards, runs_dir, uri, *overrides):
+    return build_config(
+        {}, [f"data.shards={shards}", f"tracking.runs_dir={runs_dir}", f"tracking.tracking_uri={uri}", *TINY, *overrides]
+    )
+
+
+def _epochs_logged(uri, run_id, key="train/loss"):
+    return sorted(step for step, _ in tracking.metric_history(uri, run_id, key))
+
+
+@pytest.mark.e2e
+def test_worker_killed_mid_epoch_restarts_from_checkpoint(ray_session, fmnist_shards, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    step = STEPS_PER_EPOCH + 3  # in the middle of epoch 2, after epoch 1's checkpoint
+    cfg = _config(fmnist_shards, tmp_path / "runs", uri, f"faults.exit_at_step={step}", "faults.exit_rank=1")
+    result = pretrain(cfg)
+
+    marker = tmp_path / "runs" / "faults" / f"{result.run_id}-exit-at-step-{step}"
+    assert marker.read_text() == f"worker rank 1 exited at step {step}\n"  # the process really died
+    runs = tracking.search_runs(uri, "rayssl")
+    assert [r.info.run_id for r in runs] == [result.run_id] and runs[0].info.status == "FINISHED"
+    assert _epochs_logged(uri, result.run_id) == [1, 2, 3]  # every epoch, each once
+    assert result.metrics["epochs"] == EPOCHS and 0.3 < result.metrics["probe/linear_top1"] <= 1
+
+
+@pytest.mark.e2e
+def test_nan_loss_stops_the_run_naming_epoch_and_step(ray_session, fmnist_shards, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = _config(fmnist_shards, tmp_path / "runs", uri, f"faults.nan_at_step={STEPS_PER_EPOCH + 2}")
+    with pytest.raises(NonFiniteLossError, match=r"loss is not finite at epoch 2, step 10; lower optim\.lr"):
+        pretrain(cfg)
+    (run,) = tracking.search_runs(uri, "rayssl")
+    assert run.info.status == "FAILED"
+    assert _epochs_logged(uri, run.info.run_id) == [1]  # the good epoch is kept
+
+
+def test_more_workers_than_the_cluster_has_fail_before_training(ray_session, fmnist_shards, tmp_path):
+    cfg = _config(fmnist_shards, tmp_path / "runs", "sqlite:///" + str(tmp_path / "m.db"), "train.num_workers=8")
+    with pytest.raises(ConfigError, match=r"train\.num_workers=8 x train\.cpus_per_worker=0\.5 needs 4 CPUs, the cluster has 2"):
+        validate(cfg)
+    cfg = _config(fmnist_shards, tmp_path / "runs", "sqlite:///" + str(tmp_path / "m.db"), "train.use_gpu=true")
+    with pytest.raises(ConfigError, match=r"train\.use_gpu=true needs 2 GPUs, the cluster has 0"):
+        validate(cfg)
+
+
+def _cli(shards, runs_dir, uri, *overrides) -> list[str]:
+    args = [sys.executable, "-m", "pipelines.cli", "pretrain"]
+    for item in [f"data.shards={shards}", f"tracking.runs_dir={runs_dir}", f"tracking.tracking_uri={uri}", *TINY, *overrides]:
+        args += ["--set", item]
+    return args
+
+
+def _own_ray_env() -> dict:
+    import ray
+
+    ray.shutdown()  # the driver below starts its own Ray, as from a user's shell; one instance at a time
+    return dict(os.environ, RAY_ADDRESS="local")
+
+
+@pytest.mark.e2e
+def test_killed_driver_resumes_the_same_run_from_its_checkpoint(fmnist_shards, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = _cli(fmnist_shards, tmp_path / "runs", uri, "tracking.run_name=drill")
+    env = _own_ray_env()
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    killed = False
+    for line in proc.stdout:  # epoch 2 has begun only after epoch 1's checkpoint was saved
+        if f"epoch 2/{EPOCHS}" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+    proc.wait(timeout=60)
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+    assert killed, "the run never reached epoch 2"
+    (run,) = tracking.search_runs(uri, "rayssl")
+    assert run.info.status == "RUNNING"  # SIGKILL gives the driver no chance to close it; the rerun does
+
+    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    out = rerun.stdout + rerun.stderr
+    assert f"resuming run drill (MLflow {run.info.run_id}, was RUNNING)" in out
+    assert f"epoch 1/{EPOCHS}" not in out  # started from the checkpoint, not from scratch
+    runs = tracking.search_runs(uri, "rayssl")
+    assert [r.info.run_id for r in runs] == [run.info.run_id] and runs[0].info.status == "FINISHED"
+    assert set(_epochs_logged(uri, run.info.run_id)) == {1, 2, 3}
+    assert "probe/linear_top1" in runs[0].data.metrics
+
+
+@pytest.mark.e2e
+def test_tracking_server_gone_mid_run_loses_no_metrics(fmnist_shards, tmp_path):
+    server = MlflowServer(tmp_path / "server")
+    server.root.mkdir()
+    uri = server.start()
+    args = _cli(fmnist_shards, tmp_path / "runs", uri)
+    proc = subprocess.Popen(args, cwd=REPO, env=_own_ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if f"epoch 1/{EPOCHS}" in line:
+                server.stop()  # epoch 2's metrics find no server
+            if f"epoch 2/{EPOCHS}" in line:
+                server.start()  # back before the end; the buffered metrics go with the next send
+        assert proc.wait(timeout=60) == 0, "".join(lines[-40:])
+        out = "".join(lines)
+        assert f"warning: MLflow at {uri} did not take metrics" in out
+        (run,) = tracking.search_runs(uri, "rayssl")
+        assert run.info.status == "FINISHED"
+        for key in ("train/loss", "train/lr", "train/images_per_s"):
+            assert _epochs_logged(uri, run.info.run_id, key) == [1, 2, 3]
+        assert "probe/linear_top1" in run.data.metrics
+    finally:
+        proc.kill()
+        server.stop()
