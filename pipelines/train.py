@@ -26,7 +26,7 @@ from ray.train.torch import TorchTrainer
 import ssl_models
 from pipelines import tracking
 from pipelines.config import Config, ConfigError
-from pipelines.data import decode_png_batch, load_labeled, read_manifest, resolve_uri, split_uri
+from pipelines.data import check_shards, decode_png_batch, load_labeled, read_manifest, resolve_uri, split_uri
 from pipelines.evaluate import build_method, extract_features, ignored_method_fields, knn_top1, run_probes
 from pipelines.faults import FaultInjector
 from ssl_models.optim import build_optimizer
@@ -274,6 +274,7 @@ def validate(cfg: Config) -> dict:
     cfg.tracking.runs_dir = str(Path(cfg.tracking.runs_dir).expanduser().resolve())
     check_capacity(cfg)
     manifest = read_manifest(cfg.data.shards)
+    check_shards(cfg.data.shards, manifest)
     size = manifest["image_size"][0]
     if cfg.data.crop_size is not None and cfg.data.crop_size > size:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than the {size} px images; use at most {size}")

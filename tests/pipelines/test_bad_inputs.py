@@ -390,9 +390,6 @@ def test_corrupt_shards_fail_in_the_probes(tiny_shards):
         load_labeled(str(tiny_shards), "train")
 
 
-# TODO(validate): pipelines.train.validate does not call check_shards yet (the engineer editing train.py adds it).
-# Remove this mark once it does; strict, so the test fails as a reminder when validate starts raising.
-@pytest.mark.xfail(strict=True, reason="TODO: pipelines.train.validate does not call check_shards yet")
 def test_validate_refuses_corrupt_shards_before_ray(tiny_shards):
     from pipelines.train import validate
 
