@@ -292,8 +292,8 @@ def check_capacity(cfg: Config) -> None:
     """Refuse workers the cluster can never place: Ray would wait for them forever instead of failing."""
     if ray.is_initialized():
         total = ray.cluster_resources()
-    elif os.environ.get("RAY_ADDRESS", "local") != "local":
-        return  # a remote (maybe autoscaling) cluster: only Ray knows what it can grow to
+    elif cluster_address():
+        return  # a running (maybe autoscaling) cluster: only Ray knows what it can grow to
     else:
         total = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
     t = cfg.train
@@ -331,9 +331,20 @@ def _fit_with_timeout(trainer: TorchTrainer, timeout_s: float | None):
     return box["result"]
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
+def cluster_address() -> str | None:
+    """The running cluster this driver joins (``RAY_ADDRESS``, or one ``ray start``-ed here); None: a new local Ray."""
+    from ray._private.services import canonicalize_bootstrap_address  # the rule ray.init itself follows
+
+    return canonicalize_bootstrap_address(None)
+
+
+def ensure_ray(resources: dict | None = None) -> None:
+    """Join the running cluster, else start a local Ray; only a local one takes ``resources``.
+
+    A cluster declares its own (cluster.yaml, the RayJob), and Ray refuses them from a joining driver.
+    """
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+        ray.init(resources=None if cluster_address() else resources, log_to_driver=True)
 
 
 def fit(

@@ -33,7 +33,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pipelines import tracking
 from pipelines.config import Config, ConfigError, build_config
-from pipelines.train import fit, fit_and_probe, log_config, probe_checkpoint_and_log, validate
+from pipelines.train import ensure_ray, fit, fit_and_probe, log_config, probe_checkpoint_and_log, validate
 from tune_spaces import read_space, to_tune
 
 TRIAL_DRIVER = "trial_driver"  # custom resource: trial drivers take none of the CPUs the workers need
@@ -258,8 +258,7 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
     name = settings.name or f"tune-{Path(settings.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment = name  # one MLflow experiment per search: `rayssl compare --experiment NAME` reads it
 
-    if not ray.is_initialized():
-        ray.init(resources={TRIAL_DRIVER: 100}, log_to_driver=True)
+    ensure_ray(resources={TRIAL_DRIVER: 100})
     ray.data.DataContext.get_current().enable_progress_bars = False
     parents = tracking.find_runs(uri, experiment, {"rayssl.kind": "tune", "rayssl.tune_name": name}) if settings.resume else []
     if parents:
