@@ -1,0 +1,144 @@
+"""A real 2-node Ray cluster on 127.0.0.1: a head and a worker node, each with its own raylet and resources.
+
+The session's single-node Ray is stopped first (one Ray instance at a time); later tests start it again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from pipelines import tracking
+from pipelines.config import build_config
+from pipelines.train import pretrain
+
+EPOCHS = 3
+TINY = [
+    "data.batch_size=64",
+    "data.max_train_images=512",
+    "method.backbone=tiny_cnn",
+    f"train.epochs={EPOCHS}",
+    "train.timeout_s=400",
+    "train.placement_strategy=SPREAD",
+    "probe.baselines=false",
+    "probe.linear_epochs=3",
+    "probe.knn_k=20",
+    "probe.max_train_images=512",
+    "probe.max_test_images=256",
+    "probe.epoch_knn_images=0",
+]
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    import ray
+    import ray.data
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    # 2 logical CPUs per node: a 0.5-CPU training worker plus room for Ray Data read tasks on each.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True})
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # Ray Data bin-packs Parquet row groups into read tasks of up to 128 MiB, so all of
+    # Fashion-MNIST is one read task per epoch; the packing bound is read when the driver
+    # plans the dataset. Smaller bins make each of the test's 256-image shards its own task.
+    os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(64 << 10)
+    yield cluster, worker
+    del os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"]
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _config(shards, tmp_path, *overrides):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    paths = [f"data.shards={shards}", f"tracking.runs_dir={tmp_path / 'runs'}", f"tracking.tracking_uri={uri}"]
+    return build_config({}, [*paths, *TINY, *overrides])
+
+
+def _task_nodes(prefix: str) -> set[str]:
+    """Nodes that ran Ray Data tasks whose name starts with ``prefix``, from Ray's own task records."""
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(filters=[("type", "=", "NORMAL_TASK")], limit=10_000, raise_on_missing_output=False)
+    return {t.node_id for t in tasks if t.name.startswith(prefix) and t.node_id}
+
+
+@pytest.mark.e2e
+def test_workers_and_shard_reads_span_both_nodes(two_nodes, fmnist_shards, tmp_path):
+    cluster, worker = two_nodes
+    head_id, worker_id = cluster.head_node.node_id, worker.node_id
+    # All 4 shard files every epoch (no max_train_images), so that there are read tasks to spread.
+    result = pretrain(_config(fmnist_shards, tmp_path, "data.max_train_images=null"))
+
+    run = tracking.get_run(result.tracking_uri, result.run_id)
+    assert run.info.status == "FINISHED"
+    assert set(run.data.tags["rayssl.worker_nodes"].split(",")) == {head_id, worker_id}  # one worker per node
+    assert _task_nodes("ReadFilesParquet") == {head_id, worker_id}  # both nodes read shards
+    assert _task_nodes("MapBatches(ViewsFromPNG)") == {head_id, worker_id}  # and decode them into views
+    assert 0.3 < result.metrics["probe/linear_top1"] <= 1
+
+
+class _AnnounceEpochs:
+    """Ray Train callback (runs in the controller): tells a named actor each epoch reported."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        import ray
+
+        ray.get(ray.get_actor("epoch-gate").reported.remote(metrics[0]["epoch"]))
+
+    def after_exception(self, run_context, worker_exceptions):
+        pass
+
+
+@pytest.mark.e2e
+def test_worker_node_removed_mid_run_finishes_on_the_rest(two_nodes, fmnist_shards, tmp_path):
+    import asyncio
+
+    import ray
+    from ray.train import UserCallback
+
+    cluster, worker = two_nodes
+
+    @ray.remote(num_cpus=0)
+    class EpochGate:
+        def __init__(self):
+            self.reached = {}
+
+        def _event(self, epoch):
+            return self.reached.setdefault(epoch, asyncio.Event())
+
+        async def reported(self, epoch):
+            self._event(epoch).set()
+
+        async def wait_for(self, epoch):
+            await self._event(epoch).wait()
+
+    gate = EpochGate.options(name="epoch-gate").remote()
+    callback = type("AnnounceEpochs", (_AnnounceEpochs, UserCallback), {})()
+    box = {}
+
+    def run():
+        try:
+            box["result"] = pretrain(_config(fmnist_shards, tmp_path), [callback])
+        except BaseException as err:  # re-raised in the test's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    ray.get(gate.wait_for.remote(1), timeout=300)  # epoch 1 is checkpointed: now the node goes away
+    cluster.remove_node(worker, allow_graceful=False)
+    thread.join(timeout=600)
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    run = tracking.get_run(result.tracking_uri, result.run_id)
+    assert run.info.status == "FINISHED"
+    assert len(tracking.search_runs(result.tracking_uri, "rayssl")) == 1
+    assert sorted(s for s, _ in tracking.metric_history(result.tracking_uri, result.run_id, "train/loss")) == [1, 2, 3]
+    # the restarted workers all ran on the head, the one node left
+    assert set(run.data.tags["rayssl.worker_nodes"].split(",")) == {cluster.head_node.node_id}
