@@ -80,6 +80,8 @@ class TrainConfig(_Strict):
     num_workers: int = Field(2, ge=1)  # Ray Train workers (processes), one DDP rank each
     cpus_per_worker: float = Field(0.5, gt=0)  # logical CPUs per worker; <1 leaves room for Ray Data tasks
     use_gpu: bool = False  # NCCL + bf16 autocast when true
+    channels_last: bool = False  # NHWC layout for model and images: faster convolutions on recent GPUs
+    compile: bool = False  # torch.compile the model: slower first steps, faster after (GPUs; needs a C compiler)
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD puts workers on different nodes when it can
     seed: int = 0
     max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint

@@ -138,6 +138,11 @@ def _save_checkpoint(
     torch.save(state, Path(folder) / "checkpoint.pt")
 
 
+def to_channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """NHWC layout for the image tensors of a batch (faster convolutions with bf16 on recent GPUs)."""
+    return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in batch.items()}
+
+
 def _all_reduce_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
@@ -153,8 +158,9 @@ def _any_rank(flag: bool, device) -> bool:
     return bool(t.item() > 0)
 
 
-def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str) -> None:
-    """Tag the run with the Ray node of every worker (rank order); best effort, training never waits on it."""
+def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str, first_epoch: int) -> None:
+    """Tag the run with the Ray node of every worker (rank order) from ``first_epoch`` on: one tag per
+    (re)start of the worker group. Best effort: training never waits on it."""
     nodes = [None] * world
     node = ray.get_runtime_context().get_node_id()
     if dist.is_available() and dist.is_initialized():
@@ -164,7 +170,7 @@ def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str) -> None:
     if rank == 0:
         print(f"workers on nodes {nodes}", flush=True)
         try:
-            tracking.set_tag(uri, run_id, "rayssl.worker_nodes", ",".join(nodes))
+            tracking.set_tag(uri, run_id, f"rayssl.worker_nodes.from_epoch_{first_epoch}", ",".join(nodes))
         except Exception as err:  # an unreachable server must not stop training
             print(f"warning: could not tag worker nodes ({type(err).__name__})", flush=True)
 
@@ -192,8 +198,11 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
         pending = state.get("pending_metrics", [])
-    model = ray.train.torch.prepare_model(method)
-    inner = model.module if hasattr(model, "module") else model
+    if cfg.train.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    # DDP wraps the compiled module; `inner` stays the plain one, for state_dict keys, EMA and probes.
+    model = ray.train.torch.prepare_model(torch.compile(method) if cfg.train.compile else method)
+    inner = method
 
     per_worker = cfg.data.batch_size // world
     steps_per_epoch = max(1, train_images(cfg, manifest) // world // per_worker)
@@ -207,7 +216,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     epoch_probe = EpochKNN(cfg) if rank == 0 and cfg.probe.epoch_knn_images else None
     buffer = tracking.MetricBuffer(uri, run_id, pending) if rank == 0 else None
     faults = FaultInjector(cfg.faults, rank, Path(cfg.tracking.runs_dir) / "faults", run_id)
-    _record_worker_nodes(rank, world, uri, run_id)
+    _record_worker_nodes(rank, world, uri, run_id, start_epoch + 1)
     step = start_epoch * steps_per_epoch
     # The lr schedule always spans train.epochs; a PBT segment stops early at stop_epoch.
     stop_epoch = loop_config.get("stop_epoch") or cfg.train.epochs
@@ -219,6 +228,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         for batch in shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device=device):
             if policy is not None:
                 batch = policy.apply(batch["image"])
+            if cfg.train.channels_last:
+                batch = to_channels_last(batch)
             lr = learning_rate(cfg.optim.schedule, step, total_steps, warmup_steps, base_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -21,7 +21,8 @@ from tests.conftest import MlflowServer
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS, STEPS_PER_EPOCH = 3, 8  # 512 images / 2 workers / 32 per worker
 
-TINY = [
+# A tiny real run: tiny_cnn on 512 Fashion-MNIST images, 3 epochs, small probes (also used by test_multinode).
+TINY_RUN = [
     "data.batch_size=64",
     "data.max_train_images=512",
     "method.backbone=tiny_cnn",
@@ -38,7 +39,7 @@ TINY = [
 
 def _config(shards, runs_dir, uri, *overrides):
     return build_config(
-        {}, [f"data.shards={shards}", f"tracking.runs_dir={runs_dir}", f"tracking.tracking_uri={uri}", *TINY, *overrides]
+        {}, [f"data.shards={shards}", f"tracking.runs_dir={runs_dir}", f"tracking.tracking_uri={uri}", *TINY_RUN, *overrides]
     )
 
 
@@ -50,7 +51,10 @@ def _epochs_logged(uri, run_id, key="train/loss"):
 def test_worker_killed_mid_epoch_restarts_from_checkpoint(ray_session, fmnist_shards, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     step = STEPS_PER_EPOCH + 3  # in the middle of epoch 2, after epoch 1's checkpoint
-    cfg = _config(fmnist_shards, tmp_path / "runs", uri, f"faults.exit_at_step={step}", "faults.exit_rank=1")
+    # Also runs the NHWC (channels_last) layout through real workers, at no extra cost.
+    cfg = _config(
+        fmnist_shards, tmp_path / "runs", uri, f"faults.exit_at_step={step}", "faults.exit_rank=1", "train.channels_last=true"
+    )
     result = pretrain(cfg)
 
     marker = tmp_path / "runs" / "faults" / f"{result.run_id}-exit-at-step-{step}"
@@ -83,7 +87,7 @@ def test_more_workers_than_the_cluster_has_fail_before_training(ray_session, fmn
 
 def _cli(shards, runs_dir, uri, *overrides) -> list[str]:
     args = [sys.executable, "-m", "pipelines.cli", "pretrain"]
-    for item in [f"data.shards={shards}", f"tracking.runs_dir={runs_dir}", f"tracking.tracking_uri={uri}", *TINY, *overrides]:
+    for item in [f"data.shards={shards}", f"tracking.runs_dir={runs_dir}", f"tracking.tracking_uri={uri}", *TINY_RUN, *overrides]:
         args += ["--set", item]
     return args
 

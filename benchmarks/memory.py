@@ -1,0 +1,134 @@
+"""Peak memory of a pretraining run with 1x and 4x the shards: streaming keeps it flat.
+
+    .venv/bin/python benchmarks/memory.py [--images 12000] [--epochs 1]
+
+Writes Fashion-MNIST shards of N and 4N images, then pretrains SimCLR (small_cnn, 2
+workers, augment_on=cpu) over each in a fresh driver process with a fresh Ray instance,
+sampling every Ray process's peak RSS (``VmHWM`` in /proc, so short peaks between samples
+count too). Reported per role: the driver, each training worker, and the largest other Ray
+process (Ray Data tasks, the split coordinator). Linux only.
+Last line: ``memory ratio=X.XX target=1.10`` (largest training-worker peak, 4x over 1x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def peak_rss_mib(pid: int | str) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # the process ended between listing and reading
+        return None
+    return None
+
+
+def ray_processes() -> dict[int, str]:
+    """pid -> Ray process title (``ray::RayTrainWorker...``) for this machine's Ray worker processes."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::"):
+                out[int(entry.name)] = title
+    return out
+
+
+class PeakSampler(threading.Thread):
+    """Keeps the largest VmHWM seen for every Ray process, by pid, until stopped."""
+
+    def __init__(self, interval_s: float = 0.2):
+        super().__init__(daemon=True)
+        self.interval_s, self.peaks, self.titles = interval_s, {}, {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval_s):
+            for pid, title in ray_processes().items():
+                mib = peak_rss_mib(pid)
+                if mib is not None:
+                    self.peaks[pid] = max(self.peaks.get(pid, 0.0), mib)
+                    if "RayTrainWorker" in title or pid not in self.titles:
+                        self.titles[pid] = title
+
+
+def child(shards: str, epochs: int) -> None:
+    """One pretraining run over ``shards``; prints the peaks as JSON on its last line."""
+    import ray
+
+    from pipelines import tracking
+    from pipelines.config import build_config
+    from pipelines.data import read_manifest
+    from pipelines.train import fit
+
+    runs_dir = Path(tempfile.mkdtemp(prefix="rayssl-bench-"))
+    cfg = build_config(
+        {}, [f"data.shards={shards}", f"train.epochs={epochs}", "probe.epoch_knn_images=0", f"tracking.runs_dir={runs_dir}"]
+    )
+    manifest = read_manifest(shards)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    sampler = PeakSampler()
+    sampler.start()
+    uri = tracking.resolve_tracking_uri(None, runs_dir)
+    run_id = tracking.start_run(uri, "memory", Path(shards).name, {})
+    fit(cfg, manifest, uri, run_id, f"memory-{time.time_ns()}", cfg.storage("ray"))
+    tracking.end_run(uri, run_id, "FINISHED")
+    sampler.done.set()
+    sampler.join()
+    workers = [mib for pid, mib in sampler.peaks.items() if "RayTrainWorker" in sampler.titles[pid]]
+    others = [mib for pid, mib in sampler.peaks.items() if "RayTrainWorker" not in sampler.titles[pid]]
+    ray.shutdown()
+    result = {"driver": peak_rss_mib(os.getpid()), "workers": sorted(workers), "other_max": max(others, default=0.0)}
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=12_000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.epochs)
+        return
+    from pipelines.data import write_shards
+
+    root = Path(tempfile.mkdtemp(prefix="rayssl-memory-"))
+    peaks = {}
+    for times in (1, 4):
+        shards = root / f"x{times}"
+        write_shards("fashion-mnist", shards, rows_per_shard=1000, limit=times * args.images)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(shards), "--epochs", str(args.epochs)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        peaks[times] = json.loads(proc.stdout.strip().splitlines()[-1])
+        p = peaks[times]
+        workers = ", ".join(f"{w:.0f}" for w in p["workers"])
+        print(
+            f"{times}x shards ({times * args.images} images): driver {p['driver']:.0f} MiB, "
+            f"training workers {workers} MiB, largest other Ray process {p['other_max']:.0f} MiB",
+            flush=True,
+        )
+    worker_ratio = max(peaks[4]["workers"]) / max(peaks[1]["workers"])
+    print(f"driver ratio 4x/1x: {peaks[4]['driver'] / peaks[1]['driver']:.2f}")
+    print(f"memory ratio={worker_ratio:.2f} target=1.10")
+
+
+if __name__ == "__main__":
+    main()
