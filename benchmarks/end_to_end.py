@@ -57,9 +57,10 @@ def main() -> None:
     streamed_cfg.data.shards = cfg.data.shards
     ray.init(num_gpus=args.workers if args.gpu else 0, include_dashboard=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    memory = run_rayssl(cfg, manifest, runs_dir, in_memory_views)[1:]
+    memory = run_rayssl(cfg, manifest, runs_dir, in_memory_views)["images_per_s"][1:]
     print("in memory: " + " ".join(f"{x:.0f}" for x in memory) + " images/s", flush=True)
-    streamed = run_rayssl(streamed_cfg, manifest, runs_dir)[1:]
+    streamed_run = run_rayssl(streamed_cfg, manifest, runs_dir)
+    streamed = streamed_run["images_per_s"][1:]
     print("streamed:  " + " ".join(f"{x:.0f}" for x in streamed) + " images/s", flush=True)
     ray.shutdown()
     m, s = statistics.median(memory), statistics.median(streamed)
@@ -67,6 +68,15 @@ def main() -> None:
     print(f"images: {args.images}, workers: {args.workers} on {device}, batch {args.batch_size}, {args.backbone}")
     print(f"in-memory views:                     {m:8.0f} images/s")
     print(f"streamed + augment_on={args.augment_on:6s}:       {s:8.0f} images/s")
+    wait = statistics.median(streamed_run["data_wait_frac"][1:])
+    print(
+        f"streamed run: workers waited for data {100 * wait:.1f}% of each epoch; CPU seconds: training workers "
+        f"{streamed_run['trainer_cpu_s']:.0f}, Ray Data and Ray's other processes {streamed_run['other_ray_cpu_s']:.0f}"
+    )
+    print(
+        "CPU seconds by Ray process (streamed): "
+        + ", ".join(f"{t} {c:.0f}" for t, c in streamed_run["cpu_by_title"].items() if c >= 1)
+    )
     print(f"end_to_end ratio={s / m:.2f} target=0.95")
 
 

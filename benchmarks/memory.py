@@ -18,51 +18,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-
-def peak_rss_mib(pid: int | str) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:  # the process ended between listing and reading
-        return None
-    return None
-
-
-def ray_processes() -> dict[int, str]:
-    """pid -> Ray process title (``ray::RayTrainWorker...``) for this machine's Ray worker processes."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            except OSError:
-                continue
-            if title.startswith("ray::"):
-                out[int(entry.name)] = title
-    return out
-
-
-class PeakSampler(threading.Thread):
-    """Keeps the largest VmHWM seen for every Ray process, by pid, until stopped."""
-
-    def __init__(self, interval_s: float = 0.2):
-        super().__init__(daemon=True)
-        self.interval_s, self.peaks, self.titles = interval_s, {}, {}
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(self.interval_s):
-            for pid, title in ray_processes().items():
-                mib = peak_rss_mib(pid)
-                if mib is not None:
-                    self.peaks[pid] = max(self.peaks.get(pid, 0.0), mib)
-                    if "RayTrainWorker" in title or pid not in self.titles:
-                        self.titles[pid] = title
+from procs import RaySampler, peak_rss_mib
 
 
 def child(shards: str, epochs: int) -> None:
@@ -80,16 +39,15 @@ def child(shards: str, epochs: int) -> None:
     )
     manifest = read_manifest(shards)
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    sampler = PeakSampler()
+    sampler = RaySampler()
     sampler.start()
     uri = tracking.resolve_tracking_uri(None, runs_dir)
     run_id = tracking.start_run(uri, "memory", Path(shards).name, {})
     fit(cfg, manifest, uri, run_id, f"memory-{time.time_ns()}", cfg.storage("ray"))
     tracking.end_run(uri, run_id, "FINISHED")
-    sampler.done.set()
-    sampler.join()
-    workers = [mib for pid, mib in sampler.peaks.items() if "RayTrainWorker" in sampler.titles[pid]]
-    others = [mib for pid, mib in sampler.peaks.items() if "RayTrainWorker" not in sampler.titles[pid]]
+    sampler.stop()
+    workers = [mib for pid, mib in sampler.peaks.items() if sampler.is_trainer(pid)]
+    others = [mib for pid, mib in sampler.peaks.items() if not sampler.is_trainer(pid)]
     ray.shutdown()
     result = {"driver": peak_rss_mib(os.getpid()), "workers": sorted(workers), "other_max": max(others, default=0.0)}
     print(json.dumps(result))

@@ -29,6 +29,7 @@ import ray.data
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from procs import RaySampler, cpu_seconds, ray_processes
 
 from pipelines import tracking
 from pipelines.config import Config, build_config
@@ -99,17 +100,33 @@ def run_plain(views, cfg: Config, manifest: dict, workers: int, epochs: int) -> 
     return rates
 
 
-def run_rayssl(cfg: Config, manifest: dict, runs_dir: Path, views: dict | None = None) -> list[float]:
-    """rayssl's Ray Train loop; per-epoch images/s. ``views``: held in memory, else streamed from the shards."""
+def run_rayssl(cfg: Config, manifest: dict, runs_dir: Path, views: dict | None = None) -> dict:
+    """rayssl's Ray Train loop. ``views``: held in memory, else streamed from the shards.
+
+    Returns per-epoch ``images_per_s`` and ``data_wait_frac``, and the CPU seconds that the
+    training workers and Ray's other processes (data tasks, coordinators, controller) used.
+    """
     dataset = None
     if views is not None:
         rows = [{k: v[i] for k, v in views.items()} for i in range(len(views["view_0"]))]
         dataset = ray.data.from_items(rows).materialize()
     uri = tracking.resolve_tracking_uri(None, runs_dir)
     run_id = tracking.start_run(uri, "benchmarks", "in-memory" if views is not None else "streamed", {})
+    before = {pid: cpu_seconds(pid) or 0.0 for pid in ray_processes()}
+    sampler = RaySampler()
+    sampler.start()
     fit(cfg, manifest, uri, run_id, f"bench-{time.time_ns()}", cfg.storage("ray"), dataset=dataset)
+    sampler.stop()
     tracking.end_run(uri, run_id, "FINISHED")
-    return [v for _, v in sorted(tracking.metric_history(uri, run_id, "train/images_per_s"))]
+    used = {pid: cpu - before.get(pid, 0.0) for pid, cpu in sampler.cpu.items()}
+    out_titles = sampler.cpu_by_title(before)
+    out = {
+        k: [v for _, v in sorted(tracking.metric_history(uri, run_id, f"train/{k}"))] for k in ("images_per_s", "data_wait_frac")
+    }
+    out["trainer_cpu_s"] = sum(c for pid, c in used.items() if sampler.is_trainer(pid))
+    out["other_ray_cpu_s"] = sum(c for pid, c in used.items() if not sampler.is_trainer(pid))
+    out["cpu_by_title"] = out_titles
+    return out
 
 
 def main() -> None:
@@ -139,15 +156,20 @@ def main() -> None:
     views = make_views(cfg, manifest, args.images)
     ray.init(num_cpus=args.workers, include_dashboard=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    plain, rayssl = [], []
+    plain, rayssl, waits, cpu = [], [], [], []
     for r in range(args.rounds):
         order = [("plain", plain), ("rayssl", rayssl)] if r % 2 == 0 else [("rayssl", rayssl), ("plain", plain)]
         for side, into in order:
-            rates = (
-                run_plain(views, cfg, manifest, args.workers, args.epochs)
-                if side == "plain"
-                else run_rayssl(cfg, manifest, runs_dir, views)
-            )
+            if side == "rayssl":
+                got = run_rayssl(cfg, manifest, runs_dir, views)
+                rates = got["images_per_s"]
+                waits += got["data_wait_frac"][1:]
+                cpu.append((got["trainer_cpu_s"], got["other_ray_cpu_s"]))
+                print(
+                    "  CPU seconds by Ray process: " + ", ".join(f"{t} {c:.0f}" for t, c in got["cpu_by_title"].items() if c >= 1)
+                )
+            else:
+                rates = run_plain(views, cfg, manifest, args.workers, args.epochs)
             into += rates[1:]  # the first epoch warms up
             print(f"round {r + 1} {side:6s}: " + " ".join(f"{x:.0f}" for x in rates[1:]) + " images/s", flush=True)
     ray.shutdown()
@@ -157,6 +179,9 @@ def main() -> None:
     )
     print(f"plain PyTorch DDP loop: {p:8.0f} images/s (median of {len(plain)} epochs)")
     print(f"rayssl Ray Train loop:  {q:8.0f} images/s (median of {len(rayssl)} epochs)")
+    print(f"rayssl workers waited for data {100 * statistics.median(waits):.1f}% of each epoch (median)")
+    trainer_cpu, other_cpu = (sum(c) for c in zip(*cpu, strict=True))
+    print(f"CPU seconds during rayssl's runs: training workers {trainer_cpu:.0f}, Ray's other processes {other_cpu:.0f}")
     print(f"train_overhead ratio={q / p:.2f} target=0.97")
 
 

@@ -144,7 +144,9 @@ def run_status(uri: str, run_id: str) -> Iterator[None]:
     except KeyboardInterrupt:
         end_run(uri, run_id, "KILLED")
         raise
-    except BaseException:
+    except BaseException as err:
+        # The reason goes on the run, so the MLflow UI says why without the driver's log.
+        client(uri).set_tag(run_id, "rayssl.failure", f"{type(err).__name__}: {err}"[:5000])
         end_run(uri, run_id, "FAILED")
         raise
     else:

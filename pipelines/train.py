@@ -224,8 +224,10 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         model.train()
         loss_sum, acc_sum, batches, images = 0.0, 0.0, 0, 0
         lr = base_lr
-        t0 = time.perf_counter()
+        t0 = ready = time.perf_counter()
+        waited = 0.0  # seconds this worker sat waiting for its next batch: data starvation
         for batch in shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device=device):
+            waited += time.perf_counter() - ready
             if policy is not None:
                 batch = policy.apply(batch["image"])
             if cfg.train.channels_last:
@@ -249,12 +251,15 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             images += per_worker
             loss_sum += loss.item()
             acc_sum += float(out.get("proxy_acc", torch.tensor(0.0)))
+            ready = time.perf_counter()
         seconds = time.perf_counter() - t0
-        loss_sum, acc_sum, batches, images = _all_reduce_sum([loss_sum, acc_sum, batches, images], device)
+        totals = _all_reduce_sum([loss_sum, acc_sum, batches, images, waited], device)
+        loss_sum, acc_sum, batches, images, waited = totals
         metrics = {
             "train/loss": loss_sum / max(batches, 1),
             "train/proxy_acc": acc_sum / max(batches, 1),
             "train/images_per_s": images / seconds,
+            "train/data_wait_frac": waited / world / seconds,  # share of the epoch spent waiting for data
             "train/lr": lr,
             "epoch": epoch + 1,
         }

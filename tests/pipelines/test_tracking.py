@@ -30,6 +30,20 @@ def test_runs_end_finished_failed_or_killed(tmp_path, error, status):
     assert run.data.params == {"optim.lr": "0.1", "method.name": "simclr"}
     assert tracking.metric_history(uri, run_id, "train/loss") == [(1, 2.5)]
     assert (tmp_path / "mlflow.db").is_file()
+    assert run.data.tags.get("rayssl.failure") == ("RuntimeError: boom" if status == "FAILED" else None)
+
+
+def test_metric_buffer_keeps_what_the_server_did_not_take(tmp_path, monkeypatch):
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, "")  # restored after the test: the buffer sets them for its (worker) process
+    uri = tracking.resolve_tracking_uri(None, tmp_path)
+    run_id = tracking.start_run(uri, "exp", "r", {})
+    buffer = tracking.MetricBuffer("http://127.0.0.1:9", run_id)  # nothing listens there
+    assert buffer.log({"train/loss": 2.5}, step=1) is False
+    assert [(r["key"], r["value"], r["step"]) for r in buffer.pending] == [("train/loss", 2.5, 1)]
+    buffer.uri = uri  # the server is back
+    assert buffer.log({"train/loss": 2.0}, step=2) is True and buffer.pending == []
+    assert tracking.metric_history(uri, run_id, "train/loss") == [(1, 2.5), (2, 2.0)]
 
 
 def test_unreachable_server_fails_fast_with_one_line():

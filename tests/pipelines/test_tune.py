@@ -149,6 +149,7 @@ def test_diverging_trial_fails_alone_and_the_parent_names_the_best(ray_session, 
     by_fault = {run.data.params["faults.nan_at_step"]: run for run in children}
     assert set(by_fault) == {"None", "3"}
     assert by_fault["3"].info.status == "FAILED" and "probe/linear_top1" not in by_fault["3"].data.metrics
+    assert "loss is not finite at epoch 1, step 3" in by_fault["3"].data.tags["rayssl.failure"]
     assert by_fault["None"].info.status == "FINISHED" and "probe/linear_top1" in by_fault["None"].data.metrics
     parent = tracking.get_run(result.tracking_uri, result.parent_run_id)
     assert parent.info.status == "FINISHED"
