@@ -20,6 +20,17 @@ def peak_rss_mib(pid: int | str) -> float | None:
     return None
 
 
+def private_rss_mib(pid: int | str) -> float | None:
+    """``RssAnon``: the process's own memory now, without the object store's shared pages it has mapped."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def cpu_seconds(pid: int | str) -> float | None:
     """User + system CPU seconds the process has used so far."""
     try:
@@ -50,6 +61,7 @@ class RaySampler(threading.Thread):
         super().__init__(daemon=True)
         self.interval_s = interval_s
         self.peaks: dict[int, float] = {}
+        self.private_peaks: dict[int, float] = {}  # sampled, so a peak between samples can be missed
         self.cpu: dict[int, float] = {}
         self.titles: dict[int, str] = {}
         self.done = threading.Event()
@@ -57,9 +69,11 @@ class RaySampler(threading.Thread):
     def run(self) -> None:
         while not self.done.wait(self.interval_s):
             for pid, title in ray_processes().items():
-                mib, cpu = peak_rss_mib(pid), cpu_seconds(pid)
+                mib, private, cpu = peak_rss_mib(pid), private_rss_mib(pid), cpu_seconds(pid)
                 if mib is not None:
                     self.peaks[pid] = max(self.peaks.get(pid, 0.0), mib)
+                if private is not None:
+                    self.private_peaks[pid] = max(self.private_peaks.get(pid, 0.0), private)
                 if cpu is not None:
                     self.cpu[pid] = cpu
                 if not title.startswith("ray::IDLE") or pid not in self.titles:  # a worker is IDLE between jobs
