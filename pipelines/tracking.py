@@ -7,6 +7,7 @@ same store. Runs always end FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.request
@@ -84,10 +85,14 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any], 
     return run.info.run_id
 
 
-def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+def metric_rows(metrics: dict[str, float], step: int | None = None) -> list[dict]:
+    """``{"key", "value", "step", "timestamp"}`` rows, plain data that a checkpoint can carry."""
     timestamp = int(1000 * time.time())
-    items = [Metric(k, float(v), timestamp, step or 0) for k, v in metrics.items()]
-    client(uri).log_batch(run_id, metrics=items)
+    return [{"key": k, "value": float(v), "step": step or 0, "timestamp": timestamp} for k, v in metrics.items()]
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    log_metric_rows(uri, run_id, metric_rows(metrics, step))
 
 
 def log_metric_rows(uri: str, run_id: str, rows: list[dict]) -> None:
@@ -113,8 +118,7 @@ class MetricBuffer:
 
     def log(self, metrics: dict[str, float], step: int) -> bool:
         """Queue ``metrics`` and try to send everything queued; returns whether it all arrived."""
-        timestamp = int(1000 * time.time())
-        self.pending += [{"key": k, "value": float(v), "step": step, "timestamp": timestamp} for k, v in metrics.items()]
+        self.pending += metric_rows(metrics, step)
         try:
             log_metric_rows(self.uri, self.run_id, self.pending)
         except Exception as err:  # any transport or server error: keep the rows, train on
@@ -146,7 +150,8 @@ def run_status(uri: str, run_id: str) -> Iterator[None]:
         raise
     except BaseException as err:
         # The reason goes on the run, so the MLflow UI says why without the driver's log.
-        client(uri).set_tag(run_id, "rayssl.failure", f"{type(err).__name__}: {err}"[:5000])
+        with contextlib.suppress(Exception):  # an unreachable server must not hide the original error
+            client(uri).set_tag(run_id, "rayssl.failure", f"{type(err).__name__}: {err}"[:5000])
         end_run(uri, run_id, "FAILED")
         raise
     else:

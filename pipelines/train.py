@@ -150,23 +150,23 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def _any_rank(flag: bool, device) -> bool:
-    """True on every rank when ``flag`` is true on any: all ranks must stop at the same step."""
-    t = torch.tensor([float(flag)], device=device)
+def _nonfinite_on_any_rank(loss: torch.Tensor) -> bool:
+    """True on every rank when the loss is NaN or inf on any: all ranks must stop at the same step.
+
+    The flag stays on the device until after the all-reduce: one host sync per step, not two.
+    """
+    bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return bool(t.item() > 0)
+        dist.all_reduce(bad)
+    return bool(bad.item() > 0)
 
 
 def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str, first_epoch: int) -> None:
     """Tag the run with the Ray node of every worker (rank order) from ``first_epoch`` on: one tag per
     (re)start of the worker group. Best effort: training never waits on it."""
-    nodes = [None] * world
-    node = ray.get_runtime_context().get_node_id()
+    nodes = [ray.get_runtime_context().get_node_id()] * world
     if dist.is_available() and dist.is_initialized():
-        dist.all_gather_object(nodes, node)
-    else:
-        nodes = [node]
+        dist.all_gather_object(nodes, nodes[rank])
     if rank == 0:
         print(f"workers on nodes {nodes}", flush=True)
         try:
@@ -239,7 +239,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             with autocast:
                 out = model(batch)
             loss = faults.loss(out["loss"], step)
-            if _any_rank(not torch.isfinite(loss), device):
+            if _nonfinite_on_any_rank(loss):
                 # Returned, not raised: a restart from the last checkpoint would only diverge again.
                 return {"error": f"loss is not finite at epoch {epoch + 1}, step {step}; lower optim.lr or check the data"}
             optimizer.zero_grad(set_to_none=True)

@@ -252,8 +252,7 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
     check_space_values(cfg, raw)
     manifest = validate(cfg)
     scheduler = _scheduler(settings, cfg, raw)
-    runs_dir = Path(cfg.tracking.runs_dir).resolve()
-    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, runs_dir)
+    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)  # validate() made it absolute
     tracking.check_reachable(uri)
     name = settings.name or f"tune-{Path(settings.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment = name  # one MLflow experiment per search: `rayssl compare --experiment NAME` reads it

@@ -17,6 +17,22 @@ from pipelines.data import FASHION_MNIST_DIR, write_shards
 VENV_BIN = Path(sys.executable).parent
 
 
+# A tiny real run: tiny_cnn on 512 Fashion-MNIST images, 3 epochs, small probes (fault and 2-node tests).
+TINY_RUN = [
+    "data.batch_size=64",
+    "data.max_train_images=512",
+    "method.backbone=tiny_cnn",
+    "train.epochs=3",
+    "train.timeout_s=400",
+    "probe.baselines=false",
+    "probe.linear_epochs=3",
+    "probe.knn_k=20",
+    "probe.max_train_images=512",
+    "probe.max_test_images=256",
+    "probe.epoch_knn_images=0",
+]
+
+
 @pytest.fixture(scope="session")
 def fmnist_shards(tmp_path_factory) -> Path:
     """A small real Fashion-MNIST subset: 1,024 train and 512 test images."""

@@ -16,25 +16,10 @@ import pytest
 from pipelines import tracking
 from pipelines.config import ConfigError, build_config
 from pipelines.train import NonFiniteLossError, pretrain, validate
-from tests.conftest import MlflowServer
+from tests.conftest import TINY_RUN, MlflowServer
 
 REPO = Path(__file__).resolve().parents[2]
-EPOCHS, STEPS_PER_EPOCH = 3, 8  # 512 images / 2 workers / 32 per worker
-
-# A tiny real run: tiny_cnn on 512 Fashion-MNIST images, 3 epochs, small probes (also used by test_multinode).
-TINY_RUN = [
-    "data.batch_size=64",
-    "data.max_train_images=512",
-    "method.backbone=tiny_cnn",
-    f"train.epochs={EPOCHS}",
-    "train.timeout_s=400",
-    "probe.baselines=false",
-    "probe.linear_epochs=3",
-    "probe.knn_k=20",
-    "probe.max_train_images=512",
-    "probe.max_test_images=256",
-    "probe.epoch_knn_images=0",
-]
+EPOCHS, STEPS_PER_EPOCH = 3, 8  # as in TINY_RUN: 512 images / 2 workers / 32 per worker
 
 
 def _config(shards, runs_dir, uri, *overrides):

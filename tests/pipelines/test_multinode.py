@@ -13,7 +13,7 @@ import pytest
 from pipelines import tracking
 from pipelines.config import build_config
 from pipelines.train import pretrain
-from tests.pipelines.test_faults import TINY_RUN
+from tests.conftest import TINY_RUN
 
 TINY = [*TINY_RUN, "train.placement_strategy=SPREAD"]
 
