@@ -14,10 +14,13 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# mlflow is imported where it is used: importing it takes seconds, and every Ray worker that
+# imports the training code (data tasks, workers other than rank 0) would pay for it.
 
 DEFAULT_DB = "mlflow.db"
 
@@ -59,6 +62,8 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 
 
 def client(uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=uri)
 
 
@@ -77,6 +82,8 @@ def _param_value(value: Any) -> str:
 
 def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
     """Create a RUNNING run with ``params`` and return its id."""
+    from mlflow.entities import Param
+
     c = client(uri)
     run = c.create_run(experiment_id(uri, experiment), run_name=run_name, tags=tags or {})
     items = [Param(k, _param_value(v)) for k, v in params.items()]
@@ -97,6 +104,8 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | No
 
 def log_metric_rows(uri: str, run_id: str, rows: list[dict]) -> None:
     """Log rows ``{"key", "value", "step", "timestamp"}`` (as a ``MetricBuffer`` keeps them) in batches."""
+    from mlflow.entities import Metric
+
     items = [Metric(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])) for r in rows]
     for i in range(0, len(items), 1000):  # MLflow accepts at most 1000 metrics per batch
         client(uri).log_batch(run_id, metrics=items[i : i + 1000])

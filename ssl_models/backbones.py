@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
@@ -81,6 +80,8 @@ class TorchvisionResNet(nn.Module):
 
     def __init__(self, arch: str, in_channels: int, image_size: int):
         super().__init__()
+        import torchvision  # here, not at the top: it takes seconds, and most processes never build a ResNet
+
         net = getattr(torchvision.models, arch)(weights=None)
         if image_size <= 64:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
