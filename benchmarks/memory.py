@@ -1,15 +1,18 @@
-"""Peak memory of a pretraining run with 1x and 4x the shards: streaming keeps it flat.
+"""Peak memory of a pretraining run over 1x and 4x the shards: streaming keeps it flat.
 
     .venv/bin/python benchmarks/memory.py [--images 12000] [--epochs 1]
 
 Writes Fashion-MNIST shards of N and 4N images, then pretrains SimCLR (small_cnn, 2
-workers, augment_on=cpu) over each in a fresh driver process with a fresh Ray instance,
-sampling every Ray process's peak RSS (``VmHWM`` in /proc, so short peaks between samples
-count too). Reported per role: the driver, each training worker, and the largest other Ray
-process (Ray Data tasks, the split coordinator). RSS counts the pages of Ray's shared object
-store that a process has touched, so the workers' own memory (``RssAnon``, sampled) is shown
-beside it. Linux only.
-Last line: ``memory ratio=X.XX target=1.10`` (largest training-worker peak, 4x over 1x).
+workers, augment_on=cpu) over each in a fresh driver process with a fresh Ray instance:
+the 4N shards for ``--epochs`` epochs and the N shards for 4x as many, so both runs take the
+same steps and only the amount of data differs (a Ray worker's memory settles over its first
+epochs, whatever the data: comparing runs of different lengths would measure that instead).
+Every Ray process's peak RSS is sampled (``VmHWM`` in /proc, so short peaks between samples
+count too), and the object store's bytes in use (all nodes). Reported per
+role: the driver, each training worker, the largest other Ray process (Ray Data tasks, the
+split coordinator). RSS counts the pages of Ray's shared object store that a process has
+touched, so the workers' own memory (``RssAnon``, sampled) is shown beside it. Linux only.
+Last line: ``memory ratio=X.XX target=1.10`` (largest training-worker peak RSS, 4x over 1x).
 """
 
 from __future__ import annotations
@@ -17,13 +20,36 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from procs import RaySampler, peak_rss_mib
+
+
+class ObjectStoreSampler(threading.Thread):
+    """The largest object-store usage (MiB, all nodes) seen while running, sampled every second."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak_mib = 0.0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from ray._private.internal_api import memory_summary
+
+        while not self.done.wait(1.0):
+            found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+            if found:
+                self.peak_mib = max(self.peak_mib, float(found.group(1)))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
 
 
 def child(shards: str, epochs: int) -> None:
@@ -37,17 +63,26 @@ def child(shards: str, epochs: int) -> None:
 
     runs_dir = Path(tempfile.mkdtemp(prefix="rayssl-bench-"))
     cfg = build_config(
-        {}, [f"data.shards={shards}", f"train.epochs={epochs}", "probe.epoch_knn_images=0", f"tracking.runs_dir={runs_dir}"]
+        {},
+        [
+            f"data.shards={shards}",
+            f"train.epochs={epochs}",
+            "probe.epoch_knn_images=0",
+            f"tracking.runs_dir={runs_dir}",
+        ],
     )
     manifest = read_manifest(shards)
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     sampler = RaySampler()
     sampler.start()
+    store = ObjectStoreSampler()
+    store.start()
     uri = tracking.resolve_tracking_uri(None, runs_dir)
     run_id = tracking.start_run(uri, "memory", Path(shards).name, {})
     fit(cfg, manifest, uri, run_id, f"memory-{time.time_ns()}", cfg.storage("ray"))
     tracking.end_run(uri, run_id, "FINISHED")
     sampler.stop()
+    store.stop()
     workers = [mib for pid, mib in sampler.peaks.items() if sampler.is_trainer(pid)]
     others = [mib for pid, mib in sampler.peaks.items() if not sampler.is_trainer(pid)]
     private = [mib for pid, mib in sampler.private_peaks.items() if sampler.is_trainer(pid)]
@@ -57,6 +92,7 @@ def child(shards: str, epochs: int) -> None:
         "workers": sorted(workers),
         "other_max": max(others, default=0.0),
         "workers_private": sorted(private),
+        "object_store_max": store.peak_mib,
     }
     print(json.dumps(result))
 
@@ -76,9 +112,10 @@ def main() -> None:
     peaks = {}
     for times in (1, 4):
         shards = root / f"x{times}"
+        epochs = args.epochs * 4 // times  # the same steps for both: only the amount of data differs
         write_shards("fashion-mnist", shards, rows_per_shard=1000, limit=times * args.images)
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", str(shards), "--epochs", str(args.epochs)],
+            [sys.executable, __file__, "--child", str(shards), "--epochs", str(epochs)],
             capture_output=True,
             text=True,
             check=True,
@@ -87,9 +124,10 @@ def main() -> None:
         p = peaks[times]
         workers = ", ".join(f"{w:.0f}" for w in p["workers"])
         print(
-            f"{times}x shards ({times * args.images} images): driver {p['driver']:.0f} MiB, "
+            f"{times}x shards ({times * args.images} images, {epochs} epochs): driver {p['driver']:.0f} MiB, "
             f"training workers {workers} MiB (own memory, without shared object-store pages: "
-            f"{', '.join(f'{w:.0f}' for w in p['workers_private'])} MiB), largest other Ray process {p['other_max']:.0f} MiB",
+            f"{', '.join(f'{w:.0f}' for w in p['workers_private'])} MiB), largest other Ray process {p['other_max']:.0f} MiB, "
+            f"object store in use at most {p['object_store_max']:.0f} MiB",
             flush=True,
         )
     worker_ratio = max(peaks[4]["workers"]) / max(peaks[1]["workers"])
