@@ -116,11 +116,17 @@ class MetricBuffer:
 
     When the server does not answer, the metrics stay here (and travel in each checkpoint via
     ``pending``) and are sent with the next epoch's metrics, or by the driver at the end.
+
+    After a restart (``resumed``) an epoch may run twice: once in the attempt that was lost
+    after it logged, once again from the last checkpoint. Each ``(key, step)`` is recorded once:
+    the buffer reads what the run already has when it first reaches the server, and drops rows
+    recorded before (the first attempt's values stay).
     """
 
-    def __init__(self, uri: str, run_id: str, pending: list[dict] | None = None):
+    def __init__(self, uri: str, run_id: str, pending: list[dict] | None = None, resumed: bool = False):
         self.uri, self.run_id = uri, run_id
         self.pending: list[dict] = list(pending or [])
+        self.recorded: set[tuple[str, int]] | None = None if resumed else set()  # None: not read yet
         # Fail fast inside workers (MLflow otherwise retries for minutes); the driver keeps the defaults.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
@@ -129,6 +135,9 @@ class MetricBuffer:
         """Queue ``metrics`` and try to send everything queued; returns whether it all arrived."""
         self.pending += metric_rows(metrics, step)
         try:
+            if self.recorded is None:
+                self.recorded = recorded_steps(self.uri, self.run_id)
+            self.pending = [r for r in self.pending if (r["key"], r["step"]) not in self.recorded]
             log_metric_rows(self.uri, self.run_id, self.pending)
         except Exception as err:  # any transport or server error: keep the rows, train on
             print(
@@ -187,6 +196,12 @@ def find_runs(uri: str, experiment: str, tags: dict[str, str]) -> list:
 
 def get_run(uri: str, run_id: str):
     return client(uri).get_run(run_id)
+
+
+def recorded_steps(uri: str, run_id: str) -> set[tuple[str, int]]:
+    """``(key, step)`` of every metric value the run has."""
+    c = client(uri)
+    return {(key, m.step) for key in c.get_run(run_id).data.metrics for m in c.get_metric_history(run_id, key)}
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
