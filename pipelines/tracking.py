@@ -117,16 +117,17 @@ class MetricBuffer:
     When the server does not answer, the metrics stay here (and travel in each checkpoint via
     ``pending``) and are sent with the next epoch's metrics, or by the driver at the end.
 
-    After a restart (``resumed``) an epoch may run twice: once in the attempt that was lost
-    after it logged, once again from the last checkpoint. Each ``(key, step)`` is recorded once:
-    the buffer reads what the run already has when it first reaches the server, and drops rows
-    recorded before (the first attempt's values stay).
+    After a restart an epoch may run twice: once in the attempt that was lost after it logged,
+    once again from the last checkpoint Ray Train registered (which can be older than the last
+    one reported: a worker that dies within a second or two of a report can take it along).
+    Each ``(key, step)`` is recorded once: the buffer reads what the run already has when it
+    first reaches the server, and drops rows recorded before (the first attempt's values stay).
     """
 
-    def __init__(self, uri: str, run_id: str, pending: list[dict] | None = None, resumed: bool = False):
+    def __init__(self, uri: str, run_id: str, pending: list[dict] | None = None):
         self.uri, self.run_id = uri, run_id
         self.pending: list[dict] = list(pending or [])
-        self.recorded: set[tuple[str, int]] | None = None if resumed else set()  # None: not read yet
+        self.recorded: set[tuple[str, int]] | None = None  # read from the server on first contact
         # Fail fast inside workers (MLflow otherwise retries for minutes); the driver keeps the defaults.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"

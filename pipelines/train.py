@@ -231,7 +231,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     shard = ray.train.get_dataset_shard("train")
 
     epoch_probe = EpochKNN(cfg) if rank == 0 and cfg.probe.epoch_knn_images else None
-    buffer = tracking.MetricBuffer(uri, run_id, pending, resumed=start_epoch > 0) if rank == 0 else None
+    buffer = tracking.MetricBuffer(uri, run_id, pending) if rank == 0 else None
     faults = FaultInjector(cfg.faults, rank, Path(cfg.tracking.runs_dir) / "faults", run_id)
     _record_worker_nodes(rank, world, uri, run_id, start_epoch + 1)
     step = start_epoch * steps_per_epoch

@@ -33,7 +33,10 @@ def _epochs_logged(uri, run_id, key="train/loss"):
 
 
 @pytest.mark.e2e
-def test_worker_killed_mid_epoch_restarts_from_checkpoint(ray_session, fmnist_shards, tmp_path):
+def test_worker_killed_mid_epoch_restarts_and_records_every_epoch_once(ray_session, fmnist_shards, tmp_path):
+    # Ray Train restarts from the last checkpoint its controller registered: usually epoch 1's; in
+    # one full-suite run the kill came too soon after epoch 1's report and it restarted from scratch.
+    # Either way the run finishes and MLflow holds each epoch once.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     step = STEPS_PER_EPOCH + 3  # in the middle of epoch 2, after epoch 1's checkpoint
     # Also runs the NHWC (channels_last) layout through real workers, at no extra cost.

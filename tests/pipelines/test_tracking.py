@@ -48,7 +48,7 @@ def test_metric_buffer_keeps_what_the_server_did_not_take(tmp_path, monkeypatch)
     # A restart from the epoch-1 checkpoint after epoch 2 was logged: epoch 2 runs again and
     # its checkpoint still carried epoch 1's row as pending; each (key, step) stays recorded once.
     pending = tracking.metric_rows({"train/loss": 2.5}, step=1)
-    resumed = tracking.MetricBuffer(uri, run_id, pending, resumed=True)
+    resumed = tracking.MetricBuffer(uri, run_id, pending)
     assert resumed.log({"train/loss": 1.9, "train/lr": 0.1}, step=2) is True
     assert resumed.log({"train/loss": 1.5}, step=3) is True
     assert tracking.metric_history(uri, run_id, "train/loss") == [(1, 2.5), (2, 2.0), (3, 1.5)]
