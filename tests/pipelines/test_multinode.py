@@ -71,6 +71,7 @@ def test_run_spans_both_nodes_and_finishes_when_one_is_removed(two_nodes, fmnist
 
     import ray
     from ray.train import UserCallback
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     cluster, worker = two_nodes
     head_id, worker_id = cluster.head_node.node_id, worker.node_id
@@ -89,7 +90,9 @@ def test_run_spans_both_nodes_and_finishes_when_one_is_removed(two_nodes, fmnist
         async def wait_for(self, epoch):
             await self._event(epoch).wait()
 
-    gate = EpochGate.options(name="epoch-gate").remote()
+    # On the head: the gate must outlive the worker node (the controller calls it after every report).
+    on_head = NodeAffinitySchedulingStrategy(head_id, soft=False)
+    gate = EpochGate.options(name="epoch-gate", scheduling_strategy=on_head).remote()
     callback = type("AnnounceEpochs", (_AnnounceEpochs, UserCallback), {})()
     box = {}
 
