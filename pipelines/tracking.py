@@ -138,7 +138,7 @@ class MetricBuffer:
         try:
             if self.recorded is None:
                 self.recorded = recorded_steps(self.uri, self.run_id)
-            self.pending = [r for r in self.pending if (r["key"], r["step"]) not in self.recorded]
+            self.pending = unrecorded(self.pending, self.recorded)
             log_metric_rows(self.uri, self.run_id, self.pending)
         except Exception as err:  # any transport or server error: keep the rows, train on
             print(
@@ -203,6 +203,11 @@ def recorded_steps(uri: str, run_id: str) -> set[tuple[str, int]]:
     """``(key, step)`` of every metric value the run has."""
     c = client(uri)
     return {(key, m.step) for key in c.get_run(run_id).data.metrics for m in c.get_metric_history(run_id, key)}
+
+
+def unrecorded(rows: list[dict], recorded: set[tuple[str, int]]) -> list[dict]:
+    """The metric rows whose ``(key, step)`` is not in ``recorded`` (from ``recorded_steps``)."""
+    return [r for r in rows if (r["key"], r["step"]) not in recorded]
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:

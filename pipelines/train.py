@@ -457,8 +457,7 @@ def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str,
     with Checkpoint(checkpoint_dir).as_directory() as folder:
         state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
         if state.get("pending_metrics"):  # the tracking server was away when the workers last tried
-            recorded = tracking.recorded_steps(uri, run_id)
-            rows = [r for r in state["pending_metrics"] if (r["key"], r["step"]) not in recorded]
+            rows = tracking.unrecorded(state["pending_metrics"], tracking.recorded_steps(uri, run_id))
             tracking.log_metric_rows(uri, run_id, rows)
         tracking.log_artifact(uri, run_id, Path(folder) / "checkpoint.pt", "checkpoint")
     method = build_method(cfg, manifest)
