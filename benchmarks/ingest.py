@@ -40,8 +40,8 @@ class ShardImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         image = np.asarray(Image.open(io.BytesIO(self.pngs[i])))[None, ..., None]
-        views = self.policy.apply(torch.from_numpy(image))
-        return views["view_0"][0], views["view_1"][0]
+        views = self.policy({"image": image})  # uint8 views, what Ray Data's tasks emit too
+        return torch.from_numpy(views["view_0"][0]), torch.from_numpy(views["view_1"][0])
 
 
 def time_dataloader(dataset, workers: int, batch_size: int) -> float:

@@ -245,8 +245,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         waited = 0.0  # seconds this worker sat waiting for its next batch: data starvation
         for batch in shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device=device):
             waited += time.perf_counter() - ready
-            if policy is not None:
-                batch = policy.apply(batch["image"])
+            # Views come as uint8 from Ray Data (a quarter of float32's bytes), or are made here.
+            batch = policy.apply(batch["image"]) if policy is not None else ssl_models.model_views(batch)
             if cfg.train.channels_last:
                 batch = to_channels_last(batch)
             lr = learning_rate(cfg.optim.schedule, step, total_steps, warmup_steps, base_lr)

@@ -64,8 +64,8 @@ class MultiCropPolicy(MultiViewPolicy):
         self.global_scale = tuple(global_scale)
         self.local_scale = tuple(local_scale)
 
-    def apply(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of uint8 images (N, H, W, C) on any device; ``__call__`` (numpy batches) is inherited."""
+    def unit_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views in [0, 1] of uint8 images (N, H, W, C); ``apply`` and ``__call__`` are inherited."""
         gen = _generator(images.device, self.seed)
         x = to_float(images)
         views = {f"view_{i}": self.view(x, gen, self.image_size, self.global_scale) for i in range(2)}

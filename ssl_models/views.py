@@ -5,6 +5,11 @@ A policy is a callable taking a Ray Data numpy batch ``{"image": uint8 (N, H, W,
 as ``label`` pass through). ``policy.apply(images)`` does the same on a uint8 tensor
 already on the training device (``data.augment_on: device``). Either way every
 sample gets its own random parameters, drawn anew on every call (every epoch).
+
+The numpy path stores each view as uint8 (N, C, H, W), the augmented image rounded to
+8 bits as an image file would hold it: a quarter of float32's bytes through Ray's
+object store and to the device. ``model_views`` turns them into the normalized floats
+the methods train on; ``apply`` returns those directly.
 """
 
 from __future__ import annotations
@@ -50,6 +55,22 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - PIXEL_MEAN) / PIXEL_STD
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8, rounded to the nearest of 256 levels."""
+    return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def model_views(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch the methods train on: uint8 ``view_*`` images (the numpy path's) -> normalized float.
+
+    Float views (from ``apply``) and other columns pass through unchanged, so a training
+    loop can call it whichever path made the views. Runs on the tensors' device.
+    """
+    return {
+        k: normalize(v.float().div_(255.0)) if k.startswith("view_") and v.dtype == torch.uint8 else v for k, v in batch.items()
+    }
 
 
 def model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -101,24 +122,31 @@ class MultiViewPolicy:
     def view(
         self, x: torch.Tensor, gen: torch.Generator, size: int | None = None, scale: tuple[float, float] | None = None
     ) -> torch.Tensor:
-        """One normalized view of float images (N, C, H, W) in [0, 1]; ``size``/``scale`` default to the policy's."""
+        """One view, in [0, 1], of float images (N, C, H, W) in [0, 1]; ``size``/``scale`` default to the policy's.
+
+        Every step keeps pixels in [0, 1] (convex combinations, or clamped), so a view rounds to uint8 exactly.
+        """
         size, scale = size or self.image_size, scale or self.crop_scale
         x = augment.random_resized_crop_flip(x, size, gen, scale=scale, flip_p=self.flip_p)
         s = self.jitter_strength
         x = augment.color_jitter(x, gen, brightness=s, contrast=s, saturation=s, p=self.jitter_p)
         x = augment.random_grayscale(x, gen, p=self.grayscale_p)
-        x = augment.gaussian_blur(x, gen, p=self.blur_p, sigma=self.blur_sigma)
-        return normalize(x)
+        return augment.gaussian_blur(x, gen, p=self.blur_p, sigma=self.blur_sigma)
 
-    def apply(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of uint8 images (N, H, W, C) on any device."""
+    def unit_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views in [0, 1] of uint8 images (N, H, W, C) on any device, before normalization."""
         gen = _generator(images.device, self.seed)
         x = to_float(images)
         return {f"view_{i}": self.view(x, gen) for i in range(self.num_views)}
 
+    def apply(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalized float views of uint8 images (N, H, W, C) on any device, ready for a method."""
+        return {k: normalize(v) for k, v in self.unit_views(images).items()}
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Views of a numpy batch as uint8 (N, C, H, W); ``model_views`` makes them model input."""
         images = torch.from_numpy(np.ascontiguousarray(batch["image"]))
         out = {k: v for k, v in batch.items() if k != "image"}
         with torch.no_grad():
-            out.update({k: v.numpy() for k, v in self.apply(images).items()})
+            out.update({k: quantize(v).numpy() for k, v in self.unit_views(images).items()})
         return out

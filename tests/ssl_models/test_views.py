@@ -17,9 +17,16 @@ def test_views_shapes_dtypes_and_passthrough():
     out = policy(_batch())
     assert set(out) == {"label", "view_0", "view_1"}
     for key in ("view_0", "view_1"):
-        assert out[key].shape == (16, 1, 24, 24) and out[key].dtype == np.float32
-        assert -1.0 - 1e-5 <= out[key].min() and out[key].max() <= 1.0 + 1e-5
+        assert out[key].shape == (16, 1, 24, 24) and out[key].dtype == np.uint8  # a quarter of float32's bytes
+        assert out[key].max() > 200 and out[key].min() < 50  # the full 8-bit range is used, not a sliver of it
     np.testing.assert_array_equal(out["label"], np.arange(16))
+    model_in = ssl_models.model_views({k: torch.from_numpy(v) for k, v in out.items()})
+    assert model_in["view_0"].dtype == torch.float32 and model_in["label"].dtype == torch.int64
+    assert -1.0 <= model_in["view_0"].min() and model_in["view_0"].max() <= 1.0
+    # uint8 v -> (v / 255 - 0.5) / 0.5 exactly: 0 -> -1, 255 -> 1
+    expected = torch.from_numpy(out["view_1"]).float() / 255 * 2 - 1
+    torch.testing.assert_close(model_in["view_1"], expected)
+    assert ssl_models.model_views(model_in)["view_0"] is model_in["view_0"]  # float views pass through
 
 
 def test_views_differ_per_sample_per_view_and_per_call():
@@ -36,9 +43,11 @@ def test_seeded_policy_is_reproducible_and_apply_matches_call():
     b = ssl_models.create_views("multi_view", image_size=28, seed=3)
     batch = _batch(channels=3)
     out = a(batch)
-    np.testing.assert_allclose(out["view_0"], b(batch)["view_0"])
+    np.testing.assert_array_equal(out["view_0"], b(batch)["view_0"])
     on_tensor = b.apply(torch.from_numpy(batch["image"]))
-    np.testing.assert_allclose(on_tensor["view_1"].numpy(), out["view_1"], atol=1e-6)
+    # The numpy path rounds each pixel to 8 bits: at most half a level, 1/255 after normalizing to [-1, 1].
+    from_numpy = ssl_models.model_views({"view_1": torch.from_numpy(out["view_1"])})["view_1"]
+    torch.testing.assert_close(from_numpy, on_tensor["view_1"], atol=1 / 255 + 1e-6, rtol=0)
 
 
 def _policy_for(method):
@@ -57,7 +66,7 @@ def test_both_augmentation_places_feed_every_method(name, place):
     batch = _batch(n=8, size=36, channels=channels)
     device = "cuda" if place == "device" and torch.cuda.is_available() else "cpu"
     if place == "cpu":
-        views = {k: torch.from_numpy(v) for k, v in policy(batch).items() if k.startswith("view_")}
+        views = ssl_models.model_views({k: torch.from_numpy(v) for k, v in policy(batch).items() if k.startswith("view_")})
     else:
         views = policy.apply(torch.from_numpy(batch["image"]).to(device))
     assert sorted(views) == [f"view_{i}" for i in range(method.num_views)]
