@@ -79,21 +79,40 @@ def view_policy(cfg: Config, manifest: dict, method=None):
     )
 
 
+# Ray Data's default of 128 MiB suits bulk data: here one block held a whole 10,000-image
+# shard's views, so each epoch's first batch waited until a task had augmented a whole shard
+# (1.8 s of every 16 s epoch in benchmarks/end_to_end.py; 2 MiB, ~1,300 Fashion-MNIST views:
+# about half that). Small blocks also let Ray Data's backpressure work in smaller steps.
+VIEW_BLOCK_BYTES = 2 * 1024**2
+
+
+@contextlib.contextmanager
+def _data_context(**settings):
+    """Ray Data settings for the datasets created inside; the driver's own are put back after.
+
+    A dataset keeps a copy of the context it was created with, so the settings last for it.
+    """
+    context = ray.data.DataContext.get_current()
+    before = {name: getattr(context, name) for name in settings}
+    for name, value in settings.items():
+        setattr(context, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(context, name, value)
+
+
 def read_train_shards(cfg: Config) -> ray.data.Dataset:
     """The train split's Parquet shards, files in a new order every epoch, read by Ray Data's V1 Parquet reader.
 
     Ray 2.60's default (V2) reader lists the files and reads their footers on a pool of new
     actor processes at the start of every epoch; on 2 cores that halved pretraining speed
     (``benchmarks/end_to_end.py``: 274 against 409 images/s with V1). V1 reads the footers
-    once, here, and each epoch only runs the read tasks. The choice is made when the
-    dataset is created, so the driver's setting is put back at once.
+    once, here, and each epoch only runs the read tasks.
     """
-    context = ray.data.DataContext.get_current()
-    before, context.use_datasource_v2 = context.use_datasource_v2, False
-    try:
+    with _data_context(use_datasource_v2=False, target_max_block_size=VIEW_BLOCK_BYTES):
         return ray.data.read_parquet(split_uri(cfg.data.shards, "train"), shuffle="files")
-    finally:
-        context.use_datasource_v2 = before
 
 
 def build_pretrain_dataset(cfg: Config, manifest: dict) -> ray.data.Dataset:

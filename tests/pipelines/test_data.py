@@ -55,3 +55,31 @@ def test_folder_shards_label_by_subfolder_and_skip_bad_files(tmp_path):
 
 
 # Bad sources, --strict and every other refused input: tests/pipelines/test_bad_inputs.py
+
+
+def test_pretrain_stream_emits_uint8_views_in_small_blocks(ray_session, fmnist_shards, monkeypatch):
+    """The stream Ray Train reads: the V1 Parquet reader, 8-bit views, blocks of at most about
+    VIEW_BLOCK_BYTES (so the first batch of an epoch does not wait for a whole shard), and the
+    driver's own Ray Data settings left as they were."""
+    from ray.data import DataContext
+
+    from pipelines import train
+    from pipelines.config import build_config
+    from pipelines.data import read_manifest
+
+    cfg = build_config({}, [f"data.shards={fmnist_shards}"])
+    manifest = read_manifest(str(fmnist_shards))
+    driver = DataContext.get_current()
+    before = (driver.use_datasource_v2, driver.target_max_block_size)
+    # 100 kB blocks: each 256-image shard's views (2 x 784 bytes each, ~400 kB) must split into four or more.
+    block_bytes = 100_000
+    monkeypatch.setattr(train, "VIEW_BLOCK_BYTES", block_bytes)
+    ds = train.build_pretrain_dataset(cfg, manifest)
+    assert (driver.use_datasource_v2, driver.target_max_block_size) == before
+    assert (ds.context.use_datasource_v2, ds.context.target_max_block_size) == (False, block_bytes)
+    blocks = [m for bundle in ds.materialize().iter_internal_ref_bundles() for m in bundle.metadata]
+    assert sum(m.num_rows for m in blocks) == 1024
+    assert len(blocks) >= 16 and max(m.size_bytes for m in blocks) <= 1.5 * block_bytes, [m.size_bytes for m in blocks]
+    batch = ds.take_batch(8)
+    assert set(batch) == {"view_0", "view_1"}
+    assert batch["view_0"].dtype == np.uint8 and batch["view_0"].shape == (8, 1, 28, 28)
