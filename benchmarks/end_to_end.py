@@ -1,6 +1,6 @@
 """Data starvation: pretraining fed by the streamed pipeline against the same trainer fed views held in memory.
 
-    .venv/bin/python benchmarks/end_to_end.py [--images 8192] [--epochs 3] [--augment-on cpu|device]
+    .venv/bin/python benchmarks/end_to_end.py [--images 8192] [--epochs 3] [--rounds 2] [--augment-on cpu|device]
 
 Both sides run rayssl's Ray Train loop (SimCLR, small_cnn, 2 workers) for the same steps.
 "streamed": Ray Data reads the Parquet shards, decodes the PNGs and (with ``cpu``) makes the
@@ -8,7 +8,7 @@ two views in CPU tasks, every epoch anew; with ``device`` the workers make the v
 their device. "in memory": the same number of views made once beforehand, materialized in
 Ray's object store, so the trainer never waits for data. The ratio streamed/in-memory says
 how much of the trainer's speed the data pipeline keeps; images/s counts epochs after the
-first. Last line: ``end_to_end ratio=X.XX target=0.95``.
+first (medians over ``--rounds`` runs of each side, their order alternating). Last line: ``end_to_end ratio=X.XX target=0.95``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="small_cnn")
     parser.add_argument("--augment-on", choices=["cpu", "device"], default="cpu")
     parser.add_argument("--gpu", action="store_true", help="train on GPUs (one per worker)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternate the two sides this many times")
     args = parser.parse_args()
     runs_dir = Path(tempfile.mkdtemp(prefix="rayssl-bench-"))
     overrides = [
@@ -57,26 +58,36 @@ def main() -> None:
     streamed_cfg.data.shards = cfg.data.shards
     ray.init(num_gpus=args.workers if args.gpu else 0, include_dashboard=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    memory = run_rayssl(cfg, manifest, runs_dir, in_memory_views)["images_per_s"][1:]
-    print("in memory: " + " ".join(f"{x:.0f}" for x in memory) + " images/s", flush=True)
-    streamed_run = run_rayssl(streamed_cfg, manifest, runs_dir)
-    streamed = streamed_run["images_per_s"][1:]
-    print("streamed:  " + " ".join(f"{x:.0f}" for x in streamed) + " images/s", flush=True)
+    memory, streamed, waits, streamed_runs = [], [], [], []
+    for r in range(args.rounds):  # alternate the order: neither side always runs on a fresh Ray
+        for side in ("in memory", "streamed") if r % 2 == 0 else ("streamed", "in memory"):
+            if side == "in memory":
+                rates = run_rayssl(cfg, manifest, runs_dir, in_memory_views)["images_per_s"][1:]
+                memory += rates
+            else:
+                run = run_rayssl(streamed_cfg, manifest, runs_dir)
+                streamed_runs.append(run)
+                rates = run["images_per_s"][1:]
+                streamed += rates
+                waits += run["data_wait_frac"][1:]
+            print(f"round {r + 1} {side:9s}: " + " ".join(f"{x:.0f}" for x in rates) + " images/s", flush=True)
     ray.shutdown()
     m, s = statistics.median(memory), statistics.median(streamed)
     device = "GPU" if args.gpu else "CPU"
     print(f"images: {args.images}, workers: {args.workers} on {device}, batch {args.batch_size}, {args.backbone}")
     print(f"in-memory views:                     {m:8.0f} images/s")
     print(f"streamed + augment_on={args.augment_on:6s}:       {s:8.0f} images/s")
-    wait = statistics.median(streamed_run["data_wait_frac"][1:])
+    trainer_cpu = sum(run["trainer_cpu_s"] for run in streamed_runs)
+    other_cpu = sum(run["other_ray_cpu_s"] for run in streamed_runs)
     print(
-        f"streamed run: workers waited for data {100 * wait:.1f}% of each epoch; CPU seconds: training workers "
-        f"{streamed_run['trainer_cpu_s']:.0f}, Ray Data and Ray's other processes {streamed_run['other_ray_cpu_s']:.0f}"
+        f"streamed runs: workers waited for data {100 * statistics.median(waits):.1f}% of each epoch (median); CPU "
+        f"seconds: training workers {trainer_cpu:.0f}, Ray Data and Ray's other processes {other_cpu:.0f}"
     )
-    print(
-        "CPU seconds by Ray process (streamed): "
-        + ", ".join(f"{t} {c:.0f}" for t, c in streamed_run["cpu_by_title"].items() if c >= 1)
-    )
+    by_title: dict[str, float] = {}
+    for run in streamed_runs:
+        for title, cpu in run["cpu_by_title"].items():
+            by_title[title] = by_title.get(title, 0.0) + cpu
+    print("CPU seconds by Ray process (streamed): " + ", ".join(f"{t} {c:.0f}" for t, c in by_title.items() if c >= 1))
     print(f"end_to_end ratio={s / m:.2f} target=0.95")
 
 
