@@ -39,7 +39,7 @@ class ShardImages(torch.utils.data.Dataset):
         return len(self.pngs)
 
     def __getitem__(self, i: int):
-        image = np.asarray(Image.open(io.BytesIO(self.pngs[i])))[None, ..., None]
+        image = np.array(Image.open(io.BytesIO(self.pngs[i])))[None, ..., None]  # writable, as torch wants
         views = self.policy({"image": image})  # uint8 views, what Ray Data's tasks emit too
         return torch.from_numpy(views["view_0"][0]), torch.from_numpy(views["view_1"][0])
 
