@@ -36,7 +36,6 @@ from pipelines.config import Config, build_config
 from pipelines.data import load_labeled, read_manifest
 from pipelines.evaluate import build_method
 from pipelines.train import fit, view_policy
-from ssl_models import model_views
 from ssl_models.optim import build_optimizer
 from ssl_models.schedules import learning_rate
 
@@ -67,7 +66,7 @@ def plain_worker(rank: int, world: int, port: int, views: dict, cfg_json: dict, 
         model.train()
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
-            batch = model_views({k: v[i * per_worker : (i + 1) * per_worker] for k, v in mine.items()})
+            batch = {k: v[i * per_worker : (i + 1) * per_worker] for k, v in mine.items()}  # uint8 views
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.optim.schedule, step, total, warmup, base_lr)
             loss = model(batch)["loss"]

@@ -95,9 +95,9 @@ def _data_context(**settings):
     """
     context = ray.data.DataContext.get_current()
     before = {name: getattr(context, name) for name in settings}
-    for name, value in settings.items():
-        setattr(context, name, value)
     try:
+        for name, value in settings.items():
+            setattr(context, name, value)
         yield
     finally:
         for name, value in before.items():
@@ -265,8 +265,9 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         waited = 0.0  # seconds this worker sat waiting for its next batch: data starvation
         for batch in shard.iter_torch_batches(batch_size=per_worker, drop_last=True, device=device):
             waited += time.perf_counter() - ready
-            # Views come as uint8 from Ray Data (a quarter of float32's bytes), or are made here.
-            batch = policy.apply(batch["image"]) if policy is not None else ssl_models.model_views(batch)
+            # Views come from Ray Data as uint8 (the method's forward normalizes them), or are made here.
+            if policy is not None:
+                batch = policy.apply(batch["image"])
             if cfg.train.channels_last:
                 batch = to_channels_last(batch)
             lr = learning_rate(cfg.optim.schedule, step, total_steps, warmup_steps, base_lr)

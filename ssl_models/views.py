@@ -65,8 +65,8 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
 def model_views(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch the methods train on: uint8 ``view_*`` images (the numpy path's) -> normalized float.
 
-    Float views (from ``apply``) and other columns pass through unchanged, so a training
-    loop can call it whichever path made the views. Runs on the tensors' device.
+    Float views (from ``apply``) and other columns pass through unchanged, so every method's
+    ``forward`` calls it, whichever path made the views. Runs on the tensors' device.
     """
     return {
         k: normalize(v.float().div_(255.0)) if k.startswith("view_") and v.dtype == torch.uint8 else v for k, v in batch.items()

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ssl_models.backbones import create_backbone
+from ssl_models.views import model_views
 
 
 class SSLMethod(nn.Module):
@@ -39,7 +40,8 @@ class SSLMethod(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # DDP synchronizes gradients only for calls through forward(), so the
         # training loop calls model(batch) and forward is the training step.
-        return self.training_step(batch)
+        # Views made by Ray Data arrive as uint8; they become normalized floats here, on the device.
+        return self.training_step(model_views(batch))
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Momentum / EMA updates after the optimizer step; nothing for most methods."""

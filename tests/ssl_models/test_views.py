@@ -83,3 +83,12 @@ def test_device_views_stay_on_the_gpu():
     policy = ssl_models.create_views("multi_view", image_size=28)
     views = policy.apply(torch.from_numpy(_batch()["image"]).cuda())
     assert all(v.is_cuda for v in views.values())
+
+
+def test_methods_take_the_uint8_views_ray_data_ships():
+    """A method's forward normalizes uint8 views itself: the same loss as from the normalized floats."""
+    torch.manual_seed(0)
+    method = ssl_models.create_method("simclr", backbone="tiny_cnn", in_channels=1, image_size=28)
+    views = {k: torch.from_numpy(v) for k, v in _policy_for(method)(_batch(n=8, size=32)).items() if k.startswith("view_")}
+    assert views["view_0"].dtype == torch.uint8
+    torch.testing.assert_close(method(views)["loss"], method(ssl_models.model_views(views))["loss"])
