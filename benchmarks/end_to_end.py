@@ -58,21 +58,22 @@ def main() -> None:
     streamed_cfg.data.shards = cfg.data.shards
     ray.init(num_gpus=args.workers if args.gpu else 0, include_dashboard=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    memory, streamed, waits, streamed_runs = [], [], [], []
+    runs: dict[str, list[dict]] = {"in memory": [], "streamed": []}
     for r in range(args.rounds):  # alternate the order: neither side always runs on a fresh Ray
         for side in ("in memory", "streamed") if r % 2 == 0 else ("streamed", "in memory"):
-            if side == "in memory":
-                rates = run_rayssl(cfg, manifest, runs_dir, in_memory_views)["images_per_s"][1:]
-                memory += rates
-            else:
-                run = run_rayssl(streamed_cfg, manifest, runs_dir)
-                streamed_runs.append(run)
-                rates = run["images_per_s"][1:]
-                streamed += rates
-                waits += run["data_wait_frac"][1:]
-            print(f"round {r + 1} {side:9s}: " + " ".join(f"{x:.0f}" for x in rates) + " images/s", flush=True)
+            views = in_memory_views if side == "in memory" else None
+            run = run_rayssl(cfg if views is not None else streamed_cfg, manifest, runs_dir, views)
+            runs[side].append(run)
+            print(f"round {r + 1} {side:9s}: " + " ".join(f"{x:.0f}" for x in run["images_per_s"][1:]) + " images/s", flush=True)
     ray.shutdown()
-    m, s = statistics.median(memory), statistics.median(streamed)
+    streamed_runs = runs["streamed"]
+
+    def after_warmup(side_runs: list[dict], key: str) -> list[float]:  # the first epoch of each run warms up
+        return [x for run in side_runs for x in run[key][1:]]
+
+    m = statistics.median(after_warmup(runs["in memory"], "images_per_s"))
+    s = statistics.median(after_warmup(streamed_runs, "images_per_s"))
+    waits = after_warmup(streamed_runs, "data_wait_frac")
     device = "GPU" if args.gpu else "CPU"
     print(f"images: {args.images}, workers: {args.workers} on {device}, batch {args.batch_size}, {args.backbone}")
     print(f"in-memory views:                     {m:8.0f} images/s")

@@ -48,9 +48,14 @@ def create_views(name: str, **kwargs):
     return _VIEWS[name](**kwargs)
 
 
+def dequantize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [0, 1], same layout; the inverse of ``quantize``."""
+    return x.float().div_(255.0)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1]."""
-    return images.permute(0, 3, 1, 2).float().div_(255.0)
+    return dequantize(images.permute(0, 3, 1, 2))
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -68,9 +73,7 @@ def model_views(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     Float views (from ``apply``) and other columns pass through unchanged, so every method's
     ``forward`` calls it, whichever path made the views. Runs on the tensors' device.
     """
-    return {
-        k: normalize(v.float().div_(255.0)) if k.startswith("view_") and v.dtype == torch.uint8 else v for k, v in batch.items()
-    }
+    return {k: normalize(dequantize(v)) if k.startswith("view_") and v.dtype == torch.uint8 else v for k, v in batch.items()}
 
 
 def model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
