@@ -1,14 +1,17 @@
 """The ``rayssl`` command: shard, pretrain, probe, tune, compare, preview, demo.
 
 User errors (bad path, bad image, bad config, unreachable tracking server) end in
-one line naming the thing and what to do, and a non-zero exit.
+one line naming the thing and what to do, and a non-zero exit; ``RAYSSL_TRACEBACK=1``
+prints the traceback as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from pipelines.config import ConfigError, load_config
@@ -32,9 +35,12 @@ def cmd_shard(args) -> int:
         limit=args.limit,
         mode=args.mode,
         size=args.size,
+        keep_labels=args.keep_labels,
     )
     m = result.manifest
-    splits = ", ".join(f"{s}: {v['rows']} rows in {len(v['shards'])} shards" for s, v in m["splits"].items())
+    splits = ", ".join(
+        f"{s}: {v['rows']} rows ({v['labeled']} labeled) in {len(v['shards'])} shards" for s, v in m["splits"].items()
+    )
     print(f"wrote {args.out} ({splits}; {m['image_size'][0]}x{m['image_size'][1]} {m['mode']}, {len(m['classes'])} classes)")
     if m["skipped_count"]:
         print(f"skipped {m['skipped_count']} unreadable files (listed with reasons in {args.out}/manifest.json):")
@@ -62,11 +68,13 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from pipelines.evaluate import load_checkpoint, method_from_checkpoint, run_probes
+    from pipelines.evaluate import has_labels, load_checkpoint, method_from_checkpoint, probe_shards, run_probes
     from pipelines.report import format_table
 
     state = load_checkpoint(args.checkpoint)
     method, cfg = method_from_checkpoint(state, args.data)
+    if not has_labels(cfg):
+        raise DataError(f"{probe_shards(cfg)}: no labeled images to probe with; give --data shards with class labels")
     if args.labels_per_class:
         cfg.probe.labels_per_class = args.labels_per_class
     metrics = run_probes(method, cfg)
@@ -129,13 +137,14 @@ def cmd_tune(args) -> int:
     searched = sorted({k for t in result.trials for k in t["params"]})
     rows = [
         [t["trial_id"], *(t["params"].get(k) for k in searched)]
-        + [t["metrics"].get("probe/linear_top1", float("nan")), t["metrics"].get("probe/knn_top1", float("nan"))]
+        + [t["metrics"].get(k, float("nan")) for k in ("probe/linear_top1", "probe/knn_top1", "probe/rankme")]
         + [int(t["metrics"].get("epochs", 0)), "early stop" if t["stopped_early"] else t["status"]]
-        for t in sorted(result.trials, key=lambda t: -t["metrics"].get("probe/linear_top1", -1))
+        for t in sorted(result.trials, key=lambda t: -t["metrics"].get(result.selected_by, -1))
     ]
-    print(format_table(["trial", *searched, "linear", "kNN", "epochs", "status"], rows))
+    print(format_table(["trial", *searched, "linear", "kNN", "RankMe", "epochs", "status"], rows))
     if result.best:
-        print(f"best trial {result.best['trial_id']}: linear top-1 {result.best['metrics']['probe/linear_top1']:.4f}")
+        key = result.best["selected_by"]
+        print(f"best trial {result.best['trial_id']}: {key} {result.best['metrics'][key]:.4f}")
     print(f"MLflow experiment {result.experiment!r} in {result.tracking_uri}")
     print(f"compare the trials: rayssl compare --experiment {result.experiment}")
     return 0
@@ -177,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many rows per split")
     p.add_argument("--mode", choices=["L", "RGB"], default=None, help="image mode for folders (default RGB)")
     p.add_argument("--size", type=int, default=None, help="square size for folders (default 32)")
+    p.add_argument(
+        "--keep-labels",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="keep this share (0-1) of the train split's labels, the rest unlabeled (semi-supervised); test keeps all",
+    )
     p.set_defaults(func=cmd_shard)
 
     for name, func, default_config, text in (
@@ -203,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=["none", "asha", "pbt"], default="none")
     p.add_argument("--num-samples", type=int, default=None, help="trials (grid: repeats of the grid; default 4, grid 1)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name; finished trials stay")
-    p.add_argument("--metric", default="probe/epoch_knn_top1", help="per-epoch metric the search and scheduler act on")
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="per-epoch metric the search and scheduler act on (default probe/epoch_knn_top1; "
+        "probe/epoch_rankme when the shards have no labels)",
+    )
     p.add_argument("--mode", choices=["max", "min"], default="max")
     p.add_argument("--pbt-interval", type=int, default=1, help="epochs between PBT exploit/explore steps")
     p.set_defaults(func=cmd_tune)
@@ -246,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, TrackingError, SpaceError, FileNotFoundError) as err:
+        if os.environ.get("RAYSSL_TRACEBACK"):  # asked for: the traceback first, then the one line
+            traceback.print_exc()
         print(f"rayssl: error: {err}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # training diverged; the run is marked FAILED

@@ -97,6 +97,9 @@ class FaultConfig(_Strict):
 
 
 class ProbeConfig(_Strict):
+    # Labeled shards for every probe that needs labels (any folder or URI from `rayssl shard`, with its own
+    # train/test splits); None = the pretraining shards' labeled rows. Pretraining itself never needs labels.
+    shards: str | None = None
     knn_k: int = Field(200, ge=1)  # weighted kNN neighbours (InstDisc / solo-learn default)
     knn_temperature: float = Field(0.07, gt=0)
     linear_epochs: int = Field(30, ge=1)
@@ -107,6 +110,9 @@ class ProbeConfig(_Strict):
     labels_per_class: list[int] = []  # few-label fine-tuning vs training from scratch, e.g. [10, 100]
     finetune_steps: int = Field(300, ge=1)  # steps of each few-label fine-tune (more for larger label sets)
     epoch_knn_images: int = Field(2000, ge=0)  # labeled images for the cheap per-epoch kNN (0 = off); Tune acts on it
+    # Pretraining images (labels not needed) for RankMe, the label-free effective rank, every epoch (0 = off).
+    # RankMe wants clearly more images than feature dimensions (small_cnn: 256, resnet50: 2048).
+    rankme_images: int = Field(2000, ge=0)
 
     @field_validator("labels_per_class")
     @classmethod

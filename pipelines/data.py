@@ -142,8 +142,20 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 
 def decode_png_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data batch of PNG bytes -> ``image`` uint8 (N, H, W, C); other columns pass through."""
-    images = [np.asarray(Image.open(io.BytesIO(b))) for b in batch["image"]]
+    """Ray Data batch of PNG bytes -> ``image`` uint8 (N, H, W, C); other columns pass through.
+
+    A row that does not decode (a shard damaged after ``rayssl shard`` checked it) raises
+    ``DataError`` naming the row's ``id`` when the batch carries one.
+    """
+    images = []
+    for i, data in enumerate(batch["image"]):
+        try:
+            images.append(np.asarray(Image.open(io.BytesIO(data))))
+        except Exception as err:
+            row = f"image {batch['id'][i]!r}" if "id" in batch else f"row {i} of a batch"
+            raise DataError(
+                f"{row}: cannot decode its PNG bytes ({type(err).__name__}); the shard is damaged: re-run 'rayssl shard'"
+            ) from None
     stacked = np.stack(images)
     if stacked.ndim == 3:
         stacked = stacked[..., None]
@@ -215,9 +227,14 @@ def _as_text(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _hash_fraction(text: str) -> float:
+    """A fixed pseudo-random number in [0, 1) for ``text``: the same split on every machine and re-run."""
+    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32
+
+
 def _is_test(image_id: str, test_fraction: float) -> bool:
-    digest = hashlib.sha1(image_id.encode("utf-8", "surrogateescape")).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32 < test_fraction
+    return _hash_fraction(image_id) < test_fraction
 
 
 def write_shards(
@@ -229,13 +246,25 @@ def write_shards(
     mode: str | None = None,
     size: int | None = None,
     test_fraction: float = 0.2,
+    keep_labels: float | None = None,
 ) -> ShardResult:
     """Shard ``source`` (``fashion-mnist`` or an image folder) into ``out/train`` and ``out/test``.
 
     Folder sources: class sub-folders give labels (sorted names), images directly in
     the folder are unlabeled (-1); labeled images go to ``test`` by a hash of their
     path with probability ``test_fraction``. ``limit`` caps the rows per split.
+    ``keep_labels`` (0..1) keeps that share of the train split's labels, chosen by a hash
+    of the image id, and writes the rest as unlabeled: the semi-supervised setting.
+    The test split keeps its labels: it is what the probes report.
     """
+    if keep_labels is not None and not 0 <= keep_labels <= 1:
+        raise DataError(f"--keep-labels {keep_labels}: give the share of train labels to keep, between 0 and 1")
+
+    def train_label(label: int, image_id: str) -> int:
+        if keep_labels is None or label < 0 or _hash_fraction("keep-labels:" + image_id) < keep_labels:
+            return label
+        return -1
+
     out = Path(out)
     writers = {s: _SplitWriter(out / s, rows_per_shard) for s in ("train", "test")}
     skipped: list[dict] = []
@@ -245,7 +274,9 @@ def write_shards(
             images, labels = read_fashion_mnist(split)
             n = len(images) if limit is None else min(limit, len(images))
             for i in range(n):
-                writer.add(encode_png(images[i]), int(labels[i]), f"fashion-mnist/{split}/{i:05d}")
+                image_id = f"fashion-mnist/{split}/{i:05d}"
+                label = int(labels[i]) if split == "test" else train_label(int(labels[i]), image_id)
+                writer.add(encode_png(images[i]), label, image_id)
             writer.flush()
         image_size = [28, 28]
     else:
@@ -272,6 +303,8 @@ def write_shards(
                 continue
             label = class_index[rel.parts[0]] if len(rel.parts) > 1 else -1
             split = "test" if label >= 0 and _is_test(image_id, test_fraction) else "train"
+            if split == "train":
+                label = train_label(label, image_id)
             writer = writers[split]
             if limit is None or writer.written + len(writer.rows) < limit:
                 writer.add(encode_png(np.asarray(img)), label, image_id)
@@ -287,6 +320,7 @@ def write_shards(
         "image_size": image_size,
         "classes": classes,
         "splits": {s: w.summary() for s, w in writers.items()},
+        "keep_labels": keep_labels,
         "skipped_count": len(skipped),
         "skipped": skipped,
     }
@@ -359,18 +393,43 @@ def split_uri(shards: str, split: str) -> str:
     return f"{resolve_uri(shards)}/{split}"
 
 
+def labeled_rows(manifest: dict) -> dict[str, int]:
+    """Labeled rows per split, as ``rayssl shard`` counted them: ``{"train": n, "test": m}``."""
+    return {split: int(summary.get("labeled", 0)) for split, summary in manifest.get("splits", {}).items()}
+
+
+def load_images(shards: str, split: str, max_images: int) -> np.ndarray:
+    """The first ``max_images`` decoded images (N, H, W, C) of one split, labeled or not (label-free probes)."""
+    import pyarrow.dataset as pads
+
+    uri = split_uri(shards, split)
+    try:
+        table = pads.dataset(uri, format="parquet").head(max_images, columns=["image", "id"])
+    except (pa.ArrowInvalid, FileNotFoundError, OSError) as err:
+        raise DataError(f"{uri}: cannot read shards ({err}); re-run 'rayssl shard'") from None
+    if table.num_rows == 0:
+        raise DataError(f"{uri}: no images; re-run 'rayssl shard'")
+    return decode_png_batch(_image_columns(table))["image"]
+
+
+def _image_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """A table's ``image`` and ``id`` columns as a batch for ``decode_png_batch`` (the id names a bad row)."""
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in ("image", "id")}
+
+
 def load_labeled(shards: str, split: str, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decoded labeled images (N, H, W, C) and labels of one split, for the probes."""
     import pyarrow.dataset as pads
 
     uri = split_uri(shards, split)
     try:
-        table = pads.dataset(uri, format="parquet").to_table(columns=["image", "label"], filter=pads.field("label") >= 0)
+        table = pads.dataset(uri, format="parquet").to_table(columns=["image", "label", "id"], filter=pads.field("label") >= 0)
     except (pa.ArrowInvalid, FileNotFoundError, OSError) as err:
         raise DataError(f"{uri}: cannot read shards ({err}); re-run 'rayssl shard'") from None
     if max_images is not None:
         table = table.slice(0, max_images)
     if table.num_rows == 0:
-        raise DataError(f"{uri}: no labeled images; probes need class sub-folders (or fashion-mnist)")
-    batch = decode_png_batch({"image": table.column("image").to_numpy(zero_copy_only=False)})
-    return batch["image"], table.column("label").to_numpy()
+        raise DataError(
+            f"{uri}: no labeled images; probes need a labeled set: set probe.shards to shards of a folder with class sub-folders"
+        )
+    return decode_png_batch(_image_columns(table))["image"], table.column("label").to_numpy()

@@ -1,4 +1,4 @@
-"""Probes of a frozen encoder: linear probe and weighted kNN, plus the two baselines.
+"""Probes of a frozen encoder: linear probe and weighted kNN, plus the two baselines; RankMe without labels.
 
 ``rayssl probe CHECKPOINT --data DIR`` and the end of every pretraining run both
 call ``probe_checkpoint``/``run_probes``.
@@ -17,9 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import ssl_models
-from pipelines.config import Config, ProbeConfig
-from pipelines.data import load_labeled, read_manifest
+from pipelines.config import Config, ConfigError, ProbeConfig
+from pipelines.data import check_shards, labeled_rows, load_images, load_labeled, read_manifest, resolve_uri
 from ssl_models.views import model_input
+
+# MLflow tag value on runs whose probes that need labels were skipped.
+PROBES_SKIPPED = "skipped: no labels"
 
 
 @dataclass
@@ -34,6 +37,55 @@ class LabeledSplits:
     @property
     def num_classes(self) -> int:
         return int(max(self.train_labels.max(), self.test_labels.max())) + 1
+
+
+# ---------------------------------------------------------------- which images the probes use
+
+
+def probe_shards(cfg: Config) -> str:
+    """The labeled set the probes fit and report on: ``probe.shards``, else the pretraining shards."""
+    return cfg.probe.shards or cfg.data.shards
+
+
+def has_labels(cfg: Config) -> bool:
+    """True when the probe set has labeled images in both splits (the manifest counted them)."""
+    rows = labeled_rows(read_manifest(probe_shards(cfg)))
+    return rows.get("train", 0) > 0 and rows.get("test", 0) > 0
+
+
+def check_probe_set(cfg: Config, manifest: dict) -> bool:
+    """Check ``probe.shards`` against the pretraining shards (before Ray starts); True when probes have labels.
+
+    A probe set must hold images the encoder takes: the same channels and image size
+    as the shards it pretrains on. Makes ``probe.shards`` absolute (Ray workers chdir).
+    """
+    if cfg.probe.shards is not None:
+        cfg.probe.shards = resolve_uri(cfg.probe.shards)
+        probe = read_manifest(cfg.probe.shards)
+        check_shards(cfg.probe.shards, probe)
+        where = f"probe.shards={cfg.probe.shards}"
+        if probe["channels"] != manifest["channels"]:
+            raise ConfigError(
+                f"{where}: holds {probe['channels']}-channel images, the pretraining shards {manifest['channels']}-channel; "
+                f"re-shard it with --mode {'L' if manifest['channels'] == 1 else 'RGB'}"
+            )
+        if probe["image_size"] != manifest["image_size"]:
+            size = manifest["image_size"][0]
+            raise ConfigError(
+                f"{where}: holds {probe['image_size'][0]} px images, the pretraining shards {size} px; "
+                f"re-shard it with --size {size}"
+            )
+    labeled = has_labels(cfg)
+    if not labeled:
+        rows = labeled_rows(read_manifest(probe_shards(cfg)))
+        print(
+            f"note: {probe_shards(cfg)} has no labeled images to probe with (train {rows.get('train', 0)}, "
+            f"test {rows.get('test', 0)}); pretraining goes on, RankMe (label-free) is logged, and the probes that "
+            "need labels are skipped. To probe, set probe.shards to shards of a folder with class sub-folders "
+            "('rayssl shard LABELED_DIR --out DIR')",
+            flush=True,
+        )
+    return labeled
 
 
 def load_splits(shards: str, probe: ProbeConfig) -> LabeledSplits:
@@ -139,6 +191,56 @@ def pixels_linear_top1(splits: LabeledSplits, probe: ProbeConfig) -> float:
     )
 
 
+def rankme(features: torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe, the effective rank of an embedding matrix (Garrido et al. 2023, https://arxiv.org/abs/2210.02885).
+
+    ``features`` (N, D): with singular values s_k, p_k = s_k / sum(s) + eps and
+    RankMe = exp(-sum_k p_k log p_k), between 1 (collapse to one direction) and min(N, D).
+    It needs no labels; higher tends to mean better downstream accuracy within one method.
+    """
+    s = torch.linalg.svdvals(features.double())
+    p = s / s.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+class EpochKNN:
+    """A cheap probe for every epoch: weighted kNN on a small labeled subset of the probe set.
+
+    Ray Tune's ASHA and PBT act on it; the full probes run once at the end. Both the
+    memory bank and the queries come from the train split, so model selection never
+    sees the test split the final probes report.
+    """
+
+    def __init__(self, cfg: Config):
+        n = cfg.probe.epoch_knn_images
+        images, labels = load_labeled(probe_shards(cfg), "train", n + max(10, n // 4))
+        n = min(n, len(images) * 4 // 5)  # small shards: keep a fifth for queries
+        self.train_images, self.train_labels = images[:n], labels[:n]
+        self.test_images, self.test_labels = images[n:], labels[n:]
+        self.k = min(cfg.probe.knn_k, len(self.train_images))
+        self.temperature = cfg.probe.knn_temperature
+        self.num_classes = int(max(self.train_labels.max(), self.test_labels.max())) + 1
+
+    def __call__(self, encoder, device) -> float:
+        train_f = extract_features(encoder, self.train_images, device=device)
+        test_f = extract_features(encoder, self.test_images, device=device)
+        return knn_top1(train_f, self.train_labels, test_f, self.test_labels, self.num_classes, self.k, self.temperature)
+
+
+class EpochRankMe:
+    """RankMe of the encoder's features on the first ``probe.rankme_images`` pretraining images.
+
+    Label-free, so runs and searches on unlabeled data still see how the encoder develops.
+    Measured on the representation the probes use (the encoder's pooled features).
+    """
+
+    def __init__(self, cfg: Config):
+        self.images = load_images(cfg.data.shards, "train", cfg.probe.rankme_images)
+
+    def __call__(self, encoder, device) -> float:
+        return rankme(extract_features(encoder, self.images, device=device))
+
+
 def method_parameters(name: str) -> set[str]:
     return set(inspect.signature(ssl_models.method_class(name)).parameters)
 
@@ -171,9 +273,17 @@ def build_method(cfg: Config, manifest: dict) -> nn.Module:
 
 
 def run_probes(method: nn.Module, cfg: Config, splits: LabeledSplits | None = None, device: str = "cpu") -> dict[str, float]:
-    """Probe metrics of a pretrained method plus, if configured, both baselines of the same architecture."""
-    splits = splits or load_splits(cfg.data.shards, cfg.probe)
-    metrics = {f"probe/{k}": v for k, v in probe_encoder(method.encoder, splits, cfg.probe, device).items()}
+    """Probe metrics of a pretrained method plus, if configured, both baselines of the same architecture.
+
+    RankMe always (it needs no labels); the rest only when the probe set has labels.
+    """
+    metrics = {}
+    if cfg.probe.rankme_images:
+        metrics["probe/rankme"] = EpochRankMe(cfg)(method.encoder, device)
+    if splits is None and not has_labels(cfg):
+        return metrics
+    splits = splits or load_splits(probe_shards(cfg), cfg.probe)
+    metrics.update({f"probe/{k}": v for k, v in probe_encoder(method.encoder, splits, cfg.probe, device).items()})
     if cfg.probe.baselines:
         torch.manual_seed(cfg.train.seed)
         manifest = read_manifest(cfg.data.shards)
@@ -202,9 +312,10 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def method_from_checkpoint(state: dict, shards: str | None = None) -> tuple[nn.Module, Config]:
+    """The pretrained method of a checkpoint; ``shards`` replaces both the pretraining and the probe set."""
     cfg = Config.model_validate(state["config"])
     if shards is not None:
-        cfg.data.shards = shards
+        cfg.data.shards = cfg.probe.shards = resolve_uri(shards)
     method = build_method(cfg, state["manifest"])
     method.load_state_dict(state["model"])
     return method, cfg

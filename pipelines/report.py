@@ -23,6 +23,7 @@ PRETRAIN_COLUMNS = [
     ("kNN top-1", "probe/knn_top1"),
     ("pixels linear", "baseline/pixels_linear_top1"),
     ("random-init linear", "baseline/random_init_linear_top1"),
+    ("RankMe", "probe/rankme"),
     ("images/s", "train/images_per_s"),
     ("wall s", "wall_s"),
 ]

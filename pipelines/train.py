@@ -26,8 +26,18 @@ from ray.train.torch import TorchTrainer
 import ssl_models
 from pipelines import tracking
 from pipelines.config import Config, ConfigError
-from pipelines.data import check_shards, decode_png_batch, load_labeled, read_manifest, resolve_uri, split_uri
-from pipelines.evaluate import build_method, extract_features, ignored_method_fields, knn_top1, run_probes
+from pipelines.data import check_shards, decode_png_batch, read_manifest, resolve_uri, split_uri
+from pipelines.evaluate import (
+    PROBES_SKIPPED,
+    EpochKNN,
+    EpochRankMe,
+    build_method,
+    check_probe_set,
+    has_labels,
+    ignored_method_fields,
+    run_probes,
+)
+from pipelines.failures import as_one_line, fail_fast_on_unfixable_errors, unfixable_cause
 from pipelines.faults import FaultInjector
 from ssl_models.optim import build_optimizer
 from ssl_models.schedules import learning_rate
@@ -57,6 +67,7 @@ class ViewsFromPNG:
 
     def __call__(self, batch):
         decoded = decode_png_batch(batch)
+        decoded.pop("id", None)  # only for naming a row that does not decode; the trainer takes tensors
         return decoded if self.policy is None else self.policy(decoded)
 
 
@@ -120,7 +131,7 @@ def build_pretrain_dataset(cfg: Config, manifest: dict) -> ray.data.Dataset:
     """Stream the train shards: read Parquet, decode, and (on CPU) make the views, per sample and per epoch."""
     # One progress line per epoch from the trainer is enough; Ray Data's bars flood a terminal log.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = read_train_shards(cfg).select_columns(["image"])
+    ds = read_train_shards(cfg).select_columns(["image", "id"])  # every row, labeled or not; id names a bad one
     if cfg.data.max_train_images:
         ds = ds.limit(cfg.data.max_train_images)
     policy = view_policy(cfg, manifest) if cfg.data.augment_on == "cpu" else None
@@ -133,30 +144,6 @@ def train_images(cfg: Config, manifest: dict) -> int:
 
 
 # ---------------------------------------------------------------- worker loop
-
-
-class EpochKNN:
-    """A cheap probe for every epoch: weighted kNN on a small labeled subset.
-
-    Ray Tune's ASHA and PBT act on it; the full probes run once at the end. Both the
-    memory bank and the queries come from the train split, so model selection never
-    sees the test split the final probes report.
-    """
-
-    def __init__(self, cfg: Config):
-        n = cfg.probe.epoch_knn_images
-        images, labels = load_labeled(cfg.data.shards, "train", n + max(10, n // 4))
-        n = min(n, len(images) * 4 // 5)  # small shards: keep a fifth for queries
-        self.train_images, self.train_labels = images[:n], labels[:n]
-        self.test_images, self.test_labels = images[n:], labels[n:]
-        self.k = min(cfg.probe.knn_k, len(self.train_images))
-        self.temperature = cfg.probe.knn_temperature
-        self.num_classes = int(max(self.train_labels.max(), self.test_labels.max())) + 1
-
-    def __call__(self, encoder, device) -> float:
-        train_f = extract_features(encoder, self.train_images, device=device)
-        test_f = extract_features(encoder, self.test_images, device=device)
-        return knn_top1(train_f, self.train_labels, test_f, self.test_labels, self.num_classes, self.k, self.temperature)
 
 
 def _save_checkpoint(
@@ -213,6 +200,21 @@ def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str, first_epo
 
 
 def train_loop_per_worker(loop_config: dict) -> dict | None:
+    """One Ray Train worker (see ``_train_loop``); bad data or config ends it with the cause alone.
+
+    Ray Train prints a worker's traceback; for an error the user fixes in the data or the
+    config, the cause's one line says more (``RAYSSL_TRACEBACK=1`` keeps the full one).
+    """
+    try:
+        return _train_loop(loop_config)
+    except Exception as err:
+        cause = unfixable_cause(err)
+        if cause is None or os.environ.get("RAYSSL_TRACEBACK"):
+            raise
+        raise as_one_line(cause) from None
+
+
+def _train_loop(loop_config: dict) -> dict | None:
     """One Ray Train worker: DDP model, streamed views, one report + checkpoint per epoch."""
     cfg = Config.model_validate(loop_config["config"])
     manifest, run_id, uri = loop_config["manifest"], loop_config["run_id"], loop_config["tracking_uri"]
@@ -250,7 +252,12 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.use_gpu else contextlib.nullcontext()
     shard = ray.train.get_dataset_shard("train")
 
-    epoch_probe = EpochKNN(cfg) if rank == 0 and cfg.probe.epoch_knn_images else None
+    # Per-epoch probes on rank 0: kNN when the probe set has labels, RankMe always (label-free).
+    epoch_probes = {}
+    if rank == 0 and cfg.probe.epoch_knn_images and has_labels(cfg):
+        epoch_probes["probe/epoch_knn_top1"] = EpochKNN(cfg)
+    if rank == 0 and cfg.probe.rankme_images:
+        epoch_probes["probe/epoch_rankme"] = EpochRankMe(cfg)
     buffer = tracking.MetricBuffer(uri, run_id, pending) if rank == 0 else None
     faults = FaultInjector(cfg.faults, rank, Path(cfg.tracking.runs_dir) / "faults", run_id)
     _record_worker_nodes(rank, world, uri, run_id, start_epoch + 1)
@@ -296,13 +303,14 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         metrics = {
             "train/loss": loss_sum / max(batches, 1),
             "train/proxy_acc": acc_sum / max(batches, 1),
+            "train/images": images,  # images trained on this epoch, all workers: every row, labeled or not
             "train/images_per_s": images / seconds,
             "train/data_wait_frac": waited / world / seconds,  # share of the epoch spent waiting for data
             "train/lr": lr,
             "epoch": epoch + 1,
         }
-        if epoch_probe is not None:
-            metrics["probe/epoch_knn_top1"] = epoch_probe(inner.encoder, device)
+        for name, epoch_probe in epoch_probes.items():
+            metrics[name] = epoch_probe(inner.encoder, device)
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 buffer.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
@@ -336,6 +344,7 @@ def validate(cfg: Config) -> dict:
         build_method(cfg, manifest)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"method: {err}") from None
+    check_probe_set(cfg, manifest)
     ignored = ignored_method_fields(cfg)
     if ignored:
         print(f"note: {cfg.method.name} does not use {', '.join(ignored)}; ignoring")
@@ -443,7 +452,14 @@ def fit(
         ),
         datasets={"train": dataset if dataset is not None else build_pretrain_dataset(cfg, manifest)},
     )
-    result = _fit_with_timeout(trainer, cfg.train.timeout_s)
+    fail_fast_on_unfixable_errors()
+    try:
+        result = _fit_with_timeout(trainer, cfg.train.timeout_s)
+    except Exception as err:
+        cause = unfixable_cause(err)
+        if cause is None:
+            raise
+        raise as_one_line(cause) from None  # bad data or config: one line, not the workers' tracebacks
     if isinstance(result.return_value, dict) and "error" in result.return_value:
         raise NonFiniteLossError(result.return_value["error"])
     return result
@@ -489,6 +505,12 @@ def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str,
     return metrics
 
 
+def tag_skipped_probes(cfg: Config, uri: str, run_id: str) -> None:
+    """Say on the run, where the MLflow UI shows it, that the probes needing labels did not run."""
+    if not has_labels(cfg):
+        tracking.set_tag(uri, run_id, "rayssl.probes", PROBES_SKIPPED)
+
+
 def open_pretrain_run(cfg: Config, uri: str, run_name: str) -> str:
     """A new MLflow run, or the newest run of that name again when it did not finish.
 
@@ -515,6 +537,7 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
     tracking.check_reachable(uri)
     run_name = cfg.tracking.run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = open_pretrain_run(cfg, uri, run_name)
+    tag_skipped_probes(cfg, uri, run_id)
     with tracking.run_status(uri, run_id):
         ensure_ray()
         metrics, checkpoint = fit_and_probe(cfg, manifest, uri, run_id, f"{run_name}-{run_id[:8]}", cfg.storage("ray"), callbacks)

@@ -15,6 +15,7 @@ reports each segment's checkpoint to Tune so PBT can clone and perturb it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import time
@@ -33,6 +34,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pipelines import tracking
 from pipelines.config import Config, ConfigError, build_config
+from pipelines.evaluate import PROBES_SKIPPED, has_labels
 from pipelines.train import ensure_ray, fit, fit_and_probe, log_config, probe_checkpoint_and_log, validate
 from tune_spaces import read_space, to_tune
 
@@ -47,7 +49,7 @@ class SearchSettings:
     num_samples: int = 4  # trials (per grid point for grid search)
     name: str | None = None  # experiment name; also the Tune run folder, reused by --resume
     resume: bool = False
-    metric: str = "probe/epoch_knn_top1"  # what the search and ASHA act on, reported every epoch
+    metric: str | None = None  # what the search and ASHA act on, every epoch; None: kNN with labels, else RankMe
     mode: str = "max"
     pbt_interval: int = 1  # epochs between PBT exploit/explore decisions
     seed: int | None = None  # fixes the sampled configs (random and Optuna search)
@@ -59,7 +61,26 @@ class SearchResult:
     tracking_uri: str
     experiment: str
     trials: list[dict[str, Any]]  # one per trial: trial_id, run_id, params, status, metrics
-    best: dict[str, Any] | None
+    best: dict[str, Any] | None  # the best trial, with "selected_by": the final metric that chose it
+    selected_by: str = "probe/linear_top1"  # probe/rankme when the probe set has no labels
+
+
+KNN_METRIC, RANKME_METRIC = "probe/epoch_knn_top1", "probe/epoch_rankme"
+
+
+def resolve_metric(cfg: Config, metric: str | None, labeled: bool) -> str:
+    """The per-epoch metric a search acts on: kNN when there are labels, else RankMe (label-free)."""
+    if metric is None:
+        metric = KNN_METRIC if labeled and cfg.probe.epoch_knn_images else RANKME_METRIC
+        if not labeled:
+            print(f"note: no labeled images to probe with; the search acts on {RANKME_METRIC} (RankMe, label-free)")
+    if metric == KNN_METRIC and not labeled:
+        raise ConfigError(f"--metric {KNN_METRIC} needs labeled images; use --metric {RANKME_METRIC} or set probe.shards")
+    if metric == KNN_METRIC and not cfg.probe.epoch_knn_images:
+        raise ConfigError(f"--metric {KNN_METRIC}: probe.epoch_knn_images is 0; set it above 0 or use {RANKME_METRIC}")
+    if metric == RANKME_METRIC and not cfg.probe.rankme_images:
+        raise ConfigError(f"--metric {RANKME_METRIC}: probe.rankme_images is 0; set it above 0")
+    return metric
 
 
 def known_keys(cfg: Config) -> set[str]:
@@ -103,6 +124,8 @@ def _child_run(uri: str, experiment: str, parent_run_id: str, trial_id: str, cfg
         tracking.reopen_run(uri, run_id)
         return run_id
     tags = {"mlflow.parentRunId": parent_run_id, "rayssl.kind": "trial", "rayssl.trial_id": trial_id}
+    if not has_labels(cfg):
+        tags["rayssl.probes"] = PROBES_SKIPPED
     run_id = tracking.start_run(uri, experiment, f"trial-{trial_id}", cfg.flat(), tags=tags)
     log_config(cfg, uri, run_id)
     return run_id
@@ -224,7 +247,7 @@ def _finish_unfinished_trials(cfg: Config, manifest: dict, uri: str, experiment:
     for result in results:
         trial_id = (result.metrics or {}).get("trial_id")
         runs = tracking.find_runs(uri, experiment, {"rayssl.trial_id": trial_id}) if trial_id else []
-        if not runs or "probe/linear_top1" in runs[0].data.metrics:
+        if not runs or "epochs" in runs[0].data.metrics:  # "epochs" is logged with the final probes
             continue
         run_id = runs[0].info.run_id
         if result.error is not None:
@@ -251,6 +274,8 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
     tune_space = to_tune(raw, settings.search)
     check_space_values(cfg, raw)
     manifest = validate(cfg)
+    labeled = has_labels(cfg)
+    settings = dataclasses.replace(settings, metric=resolve_metric(cfg, settings.metric, labeled))
     scheduler = _scheduler(settings, cfg, raw)
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)  # validate() made it absolute
     tracking.check_reachable(uri)
@@ -307,21 +332,20 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
         results = tuner.fit()
         _finish_unfinished_trials(cfg, manifest, uri, experiment, results)
         trials = summarize_trials(uri, experiment, parent_run_id)
-        best = max(
-            (t for t in trials if "probe/linear_top1" in t["metrics"]),
-            key=lambda t: t["metrics"]["probe/linear_top1"],
-            default=None,
-        )
+        # The final linear probe picks the best trial; without labels, the final RankMe does.
+        selected_by = "probe/linear_top1" if labeled else "probe/rankme"
+        best = max((t for t in trials if selected_by in t["metrics"]), key=lambda t: t["metrics"][selected_by], default=None)
         if best is not None:
+            best["selected_by"] = selected_by
             tracking.set_tag(uri, parent_run_id, "rayssl.best_trial", best["trial_id"])
             tracking.set_tag(uri, parent_run_id, "rayssl.best_run_id", best["run_id"])
             tracking.set_tag(uri, parent_run_id, "rayssl.best_params", json.dumps(best["params"]))
+            tracking.set_tag(uri, parent_run_id, "rayssl.best_selected_by", selected_by)
+            finals = ("probe/linear_top1", "probe/knn_top1", "probe/rankme")
             tracking.log_metrics(
-                uri,
-                parent_run_id,
-                {"best/linear_top1": best["metrics"]["probe/linear_top1"], "best/knn_top1": best["metrics"]["probe/knn_top1"]},
+                uri, parent_run_id, {k.replace("probe/", "best/"): best["metrics"][k] for k in finals if k in best["metrics"]}
             )
-    return SearchResult(parent_run_id, uri, experiment, trials, best)
+    return SearchResult(parent_run_id, uri, experiment, trials, best, selected_by)
 
 
 def summarize_trials(uri: str, experiment: str, parent_run_id: str) -> list[dict[str, Any]]:

@@ -1,0 +1,67 @@
+"""Which worker errors Ray Train retries: process and node faults yes, errors a restart cannot fix no.
+
+Ray Train restarts the worker group on any worker error, up to ``train.max_failures``
+times. That is right for a killed process or a lost node, and wrong for bad data or a
+bad config: the restart meets the same error, and the user gets the same traceback
+twice. ``DataError`` and ``ConfigError`` raised anywhere in a worker (the loop, or a Ray
+Data task feeding it) end the run at once; the driver re-raises the cause as one line.
+
+Ray 2.60 takes no failure policy through its public API, so ``fail_fast_on_unfixable_errors``
+swaps the factory the trainer calls for one that wraps the default policy. The default
+policy still decides every other error.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pipelines.config import ConfigError
+from pipelines.data import DataError
+
+UNFIXABLE_ERRORS = (DataError, ConfigError)
+
+
+# How a remote traceback's last line names one of them: Ray Data's UserCodeException keeps the
+# UDF's error only as text (its __cause__ does not cross the process boundary).
+_NAMED_IN_TEXT = re.compile(r"pipelines\.(data\.DataError|config\.ConfigError): (.+)$", re.M)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def unfixable_cause(err: BaseException | None) -> Exception | None:
+    """The ``DataError`` or ``ConfigError`` behind ``err`` (a Ray Train or Ray Data wrapper), or None."""
+    seen: set[int] = set()
+    pending = [err]
+    named_in_text = None
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UNFIXABLE_ERRORS):
+            return e
+        pending += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        pending += list(getattr(e, "worker_failures", {}).values())  # Ray Train's WorkerGroupError
+        found = _NAMED_IN_TEXT.search(_ANSI.sub("", str(e)))
+        if found and named_in_text is None:
+            kind = DataError if found.group(1) == "data.DataError" else ConfigError
+            named_in_text = kind(found.group(2).split(" [repeated ")[0].strip())
+    return named_in_text
+
+
+def as_one_line(cause: Exception) -> Exception:
+    """A fresh exception of the cause's class and message: no remote traceback attached."""
+    return type(cause)(str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__)
+
+
+def fail_fast_on_unfixable_errors() -> None:
+    """Make every TorchTrainer of this process raise unfixable worker errors instead of retrying them."""
+    from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
+    from ray.train.v2.api import data_parallel_trainer
+
+    class RetryOnlyFixableFailures(DefaultFailurePolicy):
+        def make_decision(self, training_failed_error):
+            if unfixable_cause(training_failed_error) is not None:
+                return FailureDecision.RAISE
+            return super().make_decision(training_failed_error)
+
+    data_parallel_trainer.create_failure_policy = RetryOnlyFixableFailures
