@@ -284,6 +284,8 @@ def run_probes(method: nn.Module, cfg: Config, splits: LabeledSplits | None = No
         return metrics
     splits = splits or load_splits(probe_shards(cfg), cfg.probe)
     metrics.update({f"probe/{k}": v for k, v in probe_encoder(method.encoder, splits, cfg.probe, device).items()})
+    # How many labeled images the probes fit on and report on (partly labeled shards: only the labeled rows).
+    metrics["probe/train_images"], metrics["probe/test_images"] = len(splits.train_labels), len(splits.test_labels)
     if cfg.probe.baselines:
         torch.manual_seed(cfg.train.seed)
         manifest = read_manifest(cfg.data.shards)

@@ -44,6 +44,48 @@ def fmnist_shards(tmp_path_factory) -> Path:
     return out
 
 
+# Real colour photographs shipped in scikit-image's wheel (a pinned dev dependency); crops of them make
+# real RGB image folders of many sizes. One class per photograph in the labeled folder.
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
+
+
+def photo_crops(names, count: int, seed: int):
+    """``count`` random crops (48 to 160 px a side, RGB) cut from the named scikit-image sample photos."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    root = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"
+    photos = [np.asarray(Image.open(root / name).convert("RGB")) for name in names]
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = rng.integers(48, 161, size=2)
+        y, x = rng.integers(0, photo.shape[0] - h), rng.integers(0, photo.shape[1] - w)
+        yield i % len(photos), Image.fromarray(photo[y : y + h, x : x + w])
+
+
+@pytest.fixture(scope="session")
+def unlabeled_photos(tmp_path_factory) -> Path:
+    """A folder of 192 unlabeled JPEG photos of mixed sizes, no class sub-folders: the case SSL exists for."""
+    root = tmp_path_factory.mktemp("unlabeled-photos")
+    for i, (_, img) in enumerate(photo_crops(PHOTOS, 192, seed=0)):
+        img.save(root / f"photo_{i:04d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def labeled_photos(tmp_path_factory) -> Path:
+    """A folder of 160 PNG photo crops in one class sub-folder per source photograph."""
+    root = tmp_path_factory.mktemp("labeled-photos")
+    for i, (label, img) in enumerate(photo_crops(PHOTOS, 160, seed=1)):
+        folder = root / PHOTOS[label].split(".")[0]
+        folder.mkdir(exist_ok=True)
+        img.save(folder / f"crop_{i:04d}.png")
+    return root
+
+
 def start_ray():
     """The session's one local Ray instance (start-up costs ~8 s); started again only if a test stopped it."""
     import ray

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -44,3 +46,16 @@ def test_knn_matches_a_loop_reference():
     for k in (1, 5, 50):
         expected = float((_knn_reference(train_x, train_y, test_x, k, 0.07, 3) == test_y).mean())
         assert knn_top1(train_x, train_y, test_x, test_y, 3, k=k, chunk=7) == pytest.approx(expected)
+
+
+def test_rankme_is_the_exponential_entropy_of_normalized_singular_values():
+    from pipelines.evaluate import rankme
+
+    # singular values 4, 2, 1, 1: p = (0.5, 0.25, 0.125, 0.125), entropy = 1.75 ln 2
+    z = torch.diag(torch.tensor([4.0, 2.0, 1.0, 1.0]))
+    assert abs(rankme(z) - math.exp(1.75 * math.log(2))) < 1e-5
+    # rank one: 1; isotropic: about the dimension; never above min(N, D)
+    assert abs(rankme(torch.ones(100, 8)) - 1.0) < 1e-4
+    gauss = torch.randn(4000, 16, generator=torch.Generator().manual_seed(0))
+    assert 15.5 < rankme(gauss) <= 16.0
+    assert rankme(torch.randn(5, 64, generator=torch.Generator().manual_seed(0))) <= 5.0
