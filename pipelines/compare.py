@@ -26,7 +26,11 @@ from pipelines import tracking  # noqa: E402
 from pipelines.report import format_table  # noqa: E402
 
 BASELINES = ("baseline/pixels_linear_top1", "baseline/random_init_linear_top1")
-COLUMN_NAMES = {"baseline/pixels_linear_top1": "pixels linear", "baseline/random_init_linear_top1": "random-init linear"}
+COLUMN_NAMES = {
+    "baseline/pixels_linear_top1": "pixels linear",
+    "baseline/random_init_linear_top1": "random-init linear",
+    "probe/rankme": "RankMe",
+}
 SEARCHABLE_PREFIXES = ("data.", "method.", "optim.", "train.epochs", "train.num_workers")
 # Params that differ between runs for reasons other than the experiment's design.
 NOT_COMPARED = {"tracking.run_name", "train.seed", "train.timeout_s", "method.name"}  # method has its own column
@@ -82,9 +86,10 @@ def varying_params(rows: list[RunRow]) -> list[str]:
 
 def comparison_table(rows: list[RunRow]) -> str:
     varying = varying_params(rows)
-    few_label = sorted({k for r in rows for k in r.metrics if k.startswith(("probe/finetune_", "baseline/supervised_"))})
-    few_label += [k for k in BASELINES if any(k in r.metrics for r in rows)]
-    extra = [COLUMN_NAMES.get(k, k.split("/", 1)[-1]) for k in few_label]
+    extra_keys = sorted({k for r in rows for k in r.metrics if k.startswith(("probe/finetune_", "baseline/supervised_"))})
+    extra_keys += [k for k in BASELINES if any(k in r.metrics for r in rows)]
+    extra_keys += [k for k in ("probe/rankme",) if any(k in r.metrics for r in rows)]  # label-free: unlabeled runs too
+    extra = [COLUMN_NAMES.get(k, k.split("/", 1)[-1]) for k in extra_keys]
     headers = ["run", "method", *varying, "linear", "kNN", *extra, "epochs", "images/s", "wall s", "CPU-h", "GPU-h", "status"]
     body = []
     for r in sorted(rows, key=lambda r: -r.metrics.get("probe/linear_top1", -1)):
@@ -93,7 +98,7 @@ def comparison_table(rows: list[RunRow]) -> str:
         body.append(
             [r.name, r.method, *(r.params.get(k, "") for k in varying)]
             + [m.get("probe/linear_top1", math.nan), m.get("probe/knn_top1", math.nan)]
-            + [m.get(k, math.nan) for k in few_label]
+            + [m.get(k, math.nan) for k in extra_keys]
             + [int(m.get("epochs", 0)), m.get("train/images_per_s", math.nan), m.get("wall_s", math.nan)]
             + [round(cpu_h, 4), round(gpu_h, 4), r.status]
         )
