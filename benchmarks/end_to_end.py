@@ -48,6 +48,7 @@ def main() -> None:
         f"train.num_workers={args.workers}",
         f"train.use_gpu={str(args.gpu).lower()}",
         "probe.epoch_knn_images=0",
+        "probe.rankme_images=0",
         f"tracking.runs_dir={runs_dir}",
     ]
     cfg = build_config({}, overrides)

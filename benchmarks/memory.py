@@ -68,6 +68,7 @@ def child(shards: str, epochs: int) -> None:
             f"data.shards={shards}",
             f"train.epochs={epochs}",
             "probe.epoch_knn_images=0",
+            "probe.rankme_images=0",
             f"tracking.runs_dir={runs_dir}",
         ],
     )

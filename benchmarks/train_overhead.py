@@ -148,6 +148,7 @@ def main() -> None:
             f"train.epochs={args.epochs}",
             f"train.num_workers={args.workers}",
             "probe.epoch_knn_images=0",
+            "probe.rankme_images=0",
             f"tracking.runs_dir={runs_dir}",
         ],
     )

@@ -30,6 +30,7 @@ TINY_RUN = [
     "probe.max_train_images=512",
     "probe.max_test_images=256",
     "probe.epoch_knn_images=0",
+    "probe.rankme_images=0",
 ]
 
 

