@@ -42,6 +42,11 @@ def cmd_shard(args) -> int:
         f"{s}: {v['rows']} rows ({v['labeled']} labeled) in {len(v['shards'])} shards" for s, v in m["splits"].items()
     )
     print(f"wrote {args.out} ({splits}; {m['image_size'][0]}x{m['image_size'][1]} {m['mode']}, {len(m['classes'])} classes)")
+    if not any(v["labeled"] for v in m["splits"].values()):
+        print(
+            "note: no labeled images (no class sub-folders): pretraining works on these shards; to probe the encoder, "
+            "shard a labeled folder too and pass it with --set probe.shards=DIR"
+        )
     if m["skipped_count"]:
         print(f"skipped {m['skipped_count']} unreadable files (listed with reasons in {args.out}/manifest.json):")
         for item in m["skipped"][:10]:
