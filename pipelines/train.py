@@ -77,10 +77,7 @@ def view_policy(cfg: Config, manifest: dict, method=None):
     # A worker passes the method it already built rather than building a second one.
     method = method if method is not None else build_method(with_recipe(cfg)[0], manifest)
     a = cfg.data.augment
-    return ssl_models.create_views(
-        method.view_policy,
-        image_size=cfg.data.crop_size or manifest["image_size"][0],
-        num_views=method.num_views,
+    settings = dict(
         crop_scale=a.crop_scale,
         flip_p=a.flip_p,
         jitter_strength=a.jitter_strength,
@@ -88,6 +85,10 @@ def view_policy(cfg: Config, manifest: dict, method=None):
         grayscale_p=a.grayscale_p,
         blur_p=a.blur_p,
         blur_sigma=a.blur_sigma,
+    )
+    settings.update(method.view_kwargs)  # what the method's paper fixes per view wins (validate() says so)
+    return ssl_models.create_views(
+        method.view_policy, image_size=cfg.data.crop_size or manifest["image_size"][0], num_views=method.num_views, **settings
     )
 
 
@@ -351,6 +352,9 @@ def validate(cfg: Config) -> dict:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"method: {err}") from None
     check_probe_set(cfg, manifest)
+    fixed = ssl_models.method_class(cfg.method.name).view_kwargs
+    if fixed:
+        print(f"note: {cfg.method.name} makes its views as its paper does: {fixed} (over data.augment)")
     ignored = ignored_method_fields(cfg)
     if ignored:
         print(f"note: {cfg.method.name} does not use {', '.join(ignored)}; ignoring")
