@@ -32,12 +32,13 @@ import torch.multiprocessing as mp
 from procs import RaySampler, cpu_seconds, ray_processes
 
 from pipelines import tracking
-from pipelines.config import Config, build_config
+from pipelines.config import Config, build_config, with_recipe
 from pipelines.data import load_labeled, read_manifest
 from pipelines.evaluate import build_method
-from pipelines.train import fit, view_policy
-from ssl_models.optim import build_optimizer
-from ssl_models.schedules import learning_rate
+from pipelines.train import build_method_optimizer, fit, view_policy
+from ssl_models.optim import set_learning_rate
+from ssl_models.recipes import MAX_WARMUP_SHARE
+from ssl_models.schedules import learning_rate, warmup_steps
 
 
 def make_views(cfg: Config, manifest: dict, images: int) -> dict[str, np.ndarray]:
@@ -51,15 +52,16 @@ def plain_worker(rank: int, world: int, port: int, views: dict, cfg_json: dict, 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    cfg = Config.model_validate(cfg_json)
+    cfg, _ = with_recipe(Config.model_validate(cfg_json))
     torch.manual_seed(cfg.train.seed + rank)
     method = build_method(cfg, manifest)
-    optimizer = build_optimizer(cfg.optim.name, method, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum)
+    optimizer = build_method_optimizer(cfg, method)
     model = torch.nn.parallel.DistributedDataParallel(method)
     mine = {k: torch.from_numpy(np.ascontiguousarray(v[rank::world])) for k, v in views.items()}
     per_worker = cfg.data.batch_size // world
     steps_per_epoch = len(mine["view_0"]) // per_worker
-    total, warmup = epochs * steps_per_epoch, int(cfg.optim.warmup_epochs * steps_per_epoch)
+    total = epochs * steps_per_epoch
+    warmup = warmup_steps(cfg.optim.warmup_epochs, steps_per_epoch, total, MAX_WARMUP_SHARE)
     base_lr = cfg.optim.lr * cfg.data.batch_size / 256
     step, rates = 0, []
     for _ in range(epochs):
@@ -67,8 +69,7 @@ def plain_worker(rank: int, world: int, port: int, views: dict, cfg_json: dict, 
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
             batch = {k: v[i * per_worker : (i + 1) * per_worker] for k, v in mine.items()}  # uint8 views
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg.optim.schedule, step, total, warmup, base_lr)
+            set_learning_rate(optimizer, learning_rate(cfg.optim.schedule, step, total, warmup, base_lr))
             loss = model(batch)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

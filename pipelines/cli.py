@@ -92,6 +92,28 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_recipe(args) -> int:
+    """Print a method's recipe: what a config that sets nothing else trains with, and the paper it follows."""
+    from dataclasses import fields
+
+    from pipelines.config import build_config, with_recipe
+    from ssl_models.recipes import MAX_WARMUP_SHARE, method_recipe
+
+    recipe = method_recipe(build_config({}, [f"method.name={args.name}"]).method.name)
+    cfg, taken = with_recipe(build_config({}, [f"method.name={args.name}", f"train.epochs={args.epochs}"]))
+    flat = cfg.flat()
+    print(f"{args.name}: {recipe.paper}")
+    for f in fields(recipe):
+        if f.name not in ("paper", "notes"):
+            print(f"  {f.name:15} {getattr(recipe, f.name)}")
+    print(f"  {'max warm-up':15} {MAX_WARMUP_SHARE:.0%} of the run")
+    print(f"resolved for {args.epochs} epochs on CPUs (set any of these with --set to override):")
+    for key in taken:
+        print(f"  {key} = {flat.get(key, cfg.method.kwargs.get(key.rsplit('.', 1)[-1]))}")
+    print(f"notes: {recipe.notes}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Shard Fashion-MNIST once, run the demo space's method comparison, print the compare table."""
     import time
@@ -233,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["max", "min"], default="max")
     p.add_argument("--pbt-interval", type=int, default=1, help="epochs between PBT exploit/explore steps")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("recipe", help="a method's training recipe (from its paper) and what it resolves to")
+    p.add_argument("name", help="a registered method name")
+    p.add_argument("--epochs", type=int, default=10, help="run length the warm-up is resolved for")
+    p.set_defaults(func=cmd_recipe)
 
     p = sub.add_parser("compare", help="table and plots over every run of an MLflow experiment")
     p.add_argument("--experiment", required=True, help="MLflow experiment (a tune --name, or tracking.experiment)")

@@ -67,11 +67,15 @@ class MethodConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    name: Literal["sgd", "lars", "adamw"] = "sgd"
-    lr: float = Field(0.06, gt=0)  # base lr for a batch of 256; scaled linearly with the batch
-    weight_decay: float = Field(5e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up, then the schedule
+    # None (the default) takes the method's recipe (`rayssl recipe NAME`, ssl_models/recipes.py); a value set wins.
+    name: Literal["sgd", "lars", "adamw"] | None = None
+    lr: float | None = Field(None, gt=0)  # base lr for a batch of 256; scaled linearly with the batch
+    weight_decay: float | None = Field(None, ge=0)  # never on biases and norms
+    momentum: float | None = Field(None, ge=0, lt=1)  # SGD/LARS momentum, AdamW beta1
+    beta2: float | None = Field(None, gt=0, lt=1)  # AdamW only
+    bias_lr_scale: float | None = Field(None, gt=0)  # LARS only: lr factor for biases and norms
+    # Linear warm-up, then the schedule; capped at MAX_WARMUP_SHARE of the run (ssl_models/recipes.py).
+    warmup_epochs: float | None = Field(None, ge=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"  # cosine to 0; step: /10 at 60% and 80%; constant
 
 
@@ -161,6 +165,49 @@ class Config(_Strict):
     def flat(self) -> dict[str, Any]:
         """The resolved config as ``{"method.name": ..., "optim.lr": ...}``."""
         return flatten(self.model_dump(mode="json"))
+
+
+# Config fields a method's recipe fills when they are unset (None), and the recipe attribute for each.
+RECIPE_FIELDS = {
+    "optim.name": "optimizer",
+    "optim.lr": "lr",
+    "optim.weight_decay": "weight_decay",
+    "optim.momentum": "momentum",
+    "optim.beta2": "beta2",
+    "optim.bias_lr_scale": "bias_lr_scale",
+}
+
+
+def with_recipe(cfg: Config) -> tuple[Config, list[str]]:
+    """A copy of ``cfg`` with every unset field taken from its method's recipe; also the names of those fields.
+
+    Fields the user set stay. On CPUs the recipe's head sizes (``method.projection_dim``,
+    ``method.hidden_dim`` and method kwargs) apply where the user set none. Calling it on a
+    resolved config changes nothing, so every stage can call it.
+    """
+    from ssl_models.recipes import method_recipe
+
+    recipe = method_recipe(cfg.method.name)
+    tree = cfg.model_dump(mode="json")
+    taken = []
+    for key, attribute in RECIPE_FIELDS.items():
+        section, name = key.split(".")
+        if tree[section][name] is None:
+            tree[section][name] = getattr(recipe, attribute)
+            taken.append(key)
+    if tree["optim"]["warmup_epochs"] is None:
+        tree["optim"]["warmup_epochs"] = round(recipe.warmup_share * cfg.train.epochs, 6)
+        taken.append("optim.warmup_epochs")
+    if not cfg.train.use_gpu:
+        for name, value in recipe.cpu_kwargs.items():
+            if name in ("projection_dim", "hidden_dim"):
+                if tree["method"][name] is None:
+                    tree["method"][name] = value
+                    taken.append(f"method.{name}")
+            elif name not in tree["method"]["kwargs"]:
+                tree["method"]["kwargs"][name] = value
+                taken.append(f"method.kwargs.{name}")
+    return Config.model_validate(tree), taken
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

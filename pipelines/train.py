@@ -25,7 +25,7 @@ from ray.train.torch import TorchTrainer
 
 import ssl_models
 from pipelines import tracking
-from pipelines.config import Config, ConfigError
+from pipelines.config import Config, ConfigError, with_recipe
 from pipelines.data import check_shards, decode_png_batch, read_manifest, resolve_uri, split_uri
 from pipelines.evaluate import (
     PROBES_SKIPPED,
@@ -39,8 +39,9 @@ from pipelines.evaluate import (
 )
 from pipelines.failures import as_one_line, fail_fast_on_unfixable_errors, unfixable_cause
 from pipelines.faults import FaultInjector
-from ssl_models.optim import build_optimizer
-from ssl_models.schedules import learning_rate
+from ssl_models.optim import build_optimizer, set_learning_rate
+from ssl_models.recipes import MAX_WARMUP_SHARE
+from ssl_models.schedules import learning_rate, warmup_steps
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -74,12 +75,9 @@ class ViewsFromPNG:
 def view_policy(cfg: Config, manifest: dict, method=None):
     # The built method, not its class: an argument such as DINO's num_local_crops sets its views.
     # A worker passes the method it already built rather than building a second one.
-    method = method if method is not None else build_method(cfg, manifest)
+    method = method if method is not None else build_method(with_recipe(cfg)[0], manifest)
     a = cfg.data.augment
-    return ssl_models.create_views(
-        method.view_policy,
-        image_size=cfg.data.crop_size or manifest["image_size"][0],
-        num_views=method.num_views,
+    settings = dict(
         crop_scale=a.crop_scale,
         flip_p=a.flip_p,
         jitter_strength=a.jitter_strength,
@@ -87,6 +85,10 @@ def view_policy(cfg: Config, manifest: dict, method=None):
         grayscale_p=a.grayscale_p,
         blur_p=a.blur_p,
         blur_sigma=a.blur_sigma,
+    )
+    settings.update(method.view_kwargs)  # what the method's paper fixes per view wins (validate() says so)
+    return ssl_models.create_views(
+        method.view_policy, image_size=cfg.data.crop_size or manifest["image_size"][0], num_views=method.num_views, **settings
     )
 
 
@@ -162,6 +164,12 @@ def _save_checkpoint(
     torch.save(state, Path(folder) / "checkpoint.pt")
 
 
+def build_method_optimizer(cfg: Config, method) -> torch.optim.Optimizer:
+    """The optimizer of a resolved config (``with_recipe``) for ``method``'s parameters."""
+    o = cfg.optim
+    return build_optimizer(o.name, method, o.lr, o.weight_decay, o.momentum, o.beta2, o.bias_lr_scale)
+
+
 def to_channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """NHWC layout for the image tensors of a batch (faster convolutions with bf16 on recent GPUs)."""
     return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in batch.items()}
@@ -225,7 +233,7 @@ def _train_loop(loop_config: dict) -> dict | None:
     device = ray.train.torch.get_device()
 
     method = build_method(cfg, manifest)
-    optimizer = build_optimizer(cfg.optim.name, method, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum)
+    optimizer = build_method_optimizer(cfg, method)
     start_epoch, pending = 0, []
     checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure
     if checkpoint is None and loop_config.get("init_checkpoint"):  # a PBT segment continues a checkpoint
@@ -246,7 +254,7 @@ def _train_loop(loop_config: dict) -> dict | None:
     per_worker = cfg.data.batch_size // world
     steps_per_epoch = max(1, train_images(cfg, manifest) // world // per_worker)
     total_steps = cfg.train.epochs * steps_per_epoch
-    warmup_steps = int(cfg.optim.warmup_epochs * steps_per_epoch)
+    warmup = warmup_steps(cfg.optim.warmup_epochs, steps_per_epoch, total_steps, MAX_WARMUP_SHARE)
     base_lr = cfg.optim.lr * cfg.data.batch_size / 256  # linear scaling rule
     policy = view_policy(cfg, manifest, method) if cfg.data.augment_on == "device" else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.use_gpu else contextlib.nullcontext()
@@ -277,9 +285,8 @@ def _train_loop(loop_config: dict) -> dict | None:
                 batch = policy.apply(batch["image"])
             if cfg.train.channels_last:
                 batch = to_channels_last(batch)
-            lr = learning_rate(cfg.optim.schedule, step, total_steps, warmup_steps, base_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = learning_rate(cfg.optim.schedule, step, total_steps, warmup, base_lr)
+            set_learning_rate(optimizer, lr)
             faults.before_step(step)
             with autocast:
                 out = model(batch)
@@ -341,10 +348,13 @@ def validate(cfg: Config) -> dict:
     if cfg.data.crop_size is not None and cfg.data.crop_size > size:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than the {size} px images; use at most {size}")
     try:
-        build_method(cfg, manifest)
+        build_method(with_recipe(cfg)[0], manifest)  # with the recipe's head sizes, as it will train
     except (TypeError, ValueError) as err:
         raise ConfigError(f"method: {err}") from None
     check_probe_set(cfg, manifest)
+    fixed = ssl_models.method_class(cfg.method.name).view_kwargs
+    if fixed:
+        print(f"note: {cfg.method.name} makes its views as its paper does: {fixed} (over data.augment)")
     ignored = ignored_method_fields(cfg)
     if ignored:
         print(f"note: {cfg.method.name} does not use {', '.join(ignored)}; ignoring")
@@ -427,6 +437,7 @@ def fit(
     ``init_checkpoint`` and ``stop_epoch`` run one segment of a longer run (PBT). ``dataset``
     replaces the streamed shards (benchmarks feed views held in memory).
     """
+    cfg = with_recipe(cfg)[0]  # resolved already on every rayssl path; callers such as benchmarks may pass an unresolved one
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -532,12 +543,14 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
 
     ``callbacks`` are Ray Train ``UserCallback``s (they run in Ray Train's controller).
     """
+    cfg, from_recipe = with_recipe(cfg)
     manifest = validate(cfg)
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)
     tracking.check_reachable(uri)
     run_name = cfg.tracking.run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = open_pretrain_run(cfg, uri, run_name)
     tag_skipped_probes(cfg, uri, run_id)
+    tracking.set_tag(uri, run_id, "rayssl.from_recipe", ",".join(from_recipe) or "none")
     with tracking.run_status(uri, run_id):
         ensure_ray()
         metrics, checkpoint = fit_and_probe(cfg, manifest, uri, run_id, f"{run_name}-{run_id[:8]}", cfg.storage("ray"), callbacks)

@@ -33,7 +33,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pipelines import tracking
-from pipelines.config import Config, ConfigError, build_config
+from pipelines.config import Config, ConfigError, build_config, with_recipe
 from pipelines.evaluate import PROBES_SKIPPED, has_labels
 from pipelines.train import ensure_ray, fit, fit_and_probe, log_config, probe_checkpoint_and_log, validate
 from tune_spaces import read_space, to_tune
@@ -109,11 +109,16 @@ def set_key(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return tree
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> tuple[Config, list[str]]:
+    """A trial's config: the base (unresolved), the trial's params, then its method's recipe for what is unset.
+
+    Returns the config and the fields the recipe filled. Resolving per trial matters when the
+    trials vary ``method.name``: each method gets its own recipe.
+    """
     tree = copy.deepcopy(base)
     for key, value in params.items():
         set_key(tree, key, value)
-    return Config.model_validate(tree)
+    return with_recipe(Config.model_validate(tree))
 
 
 def _child_run(uri: str, experiment: str, parent_run_id: str, trial_id: str, cfg: Config) -> str:
@@ -144,8 +149,9 @@ def run_trial(
 ):
     """One Tune trial, recorded as an MLflow child run; ``pbt_interval`` set means PBT segments."""
     trial_id = tune.get_context().get_trial_id()
-    cfg = trial_config(base, params)
+    cfg, from_recipe = trial_config(base, params)
     run_id = _child_run(uri, experiment, parent_run_id, trial_id, cfg)
+    tracking.set_tag(uri, run_id, "rayssl.from_recipe", ",".join(from_recipe) or "none")
     with tracking.run_status(uri, run_id):
         if pbt_interval is None:
             # The same Ray Train run name on a resumed trial lets Train continue its last checkpoint.
@@ -257,7 +263,7 @@ def _finish_unfinished_trials(cfg: Config, manifest: dict, uri: str, experiment:
         if not checkpoint:
             tracking.end_run(uri, run_id, "KILLED")  # stopped before its first epoch ended: nothing to probe
             continue
-        trial_cfg = trial_config(cfg.model_dump(mode="json"), result.config)
+        trial_cfg, _ = trial_config(cfg.model_dump(mode="json"), result.config)
         tracking.reopen_run(uri, run_id)
         with tracking.run_status(uri, run_id):
             metrics = probe_checkpoint_and_log(trial_cfg, manifest, uri, run_id, checkpoint)

@@ -115,3 +115,12 @@ def gaussian_blur(
     x = F.conv2d(x, kernel.view(n * c, 1, 1, -1), groups=n * c)
     x = F.conv2d(x, kernel.view(n * c, 1, -1, 1), groups=n * c)
     return x.view(n, c, h, w)
+
+
+def solarize(images: torch.Tensor, gen: torch.Generator, p: float = 0.2, threshold: float = 0.5) -> torch.Tensor:
+    """Invert the pixels at or above ``threshold`` (x -> 1 - x), with probability ``p`` per sample (BYOL's view 2)."""
+    if p <= 0:
+        return images
+    n = images.shape[0]
+    apply = (torch.rand(n, generator=gen, device=images.device) < p).view(n, 1, 1, 1)
+    return torch.where(apply & (images >= threshold), 1 - images, images)

@@ -41,15 +41,39 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
-    """Optimizer ``name`` (sgd, lars, adamw); no weight decay on biases and norms for sgd/adamw."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(
+    name: str,
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    beta2: float = 0.999,
+    bias_lr_scale: float = 1.0,
+) -> torch.optim.Optimizer:
+    """Optimizer ``name`` (sgd, lars, adamw); no weight decay on biases, norms and tokens (1-d parameters).
+
+    Every param group carries ``lr_scale``: the training loop sets each group's lr to the
+    schedule's value times it. LARS biases and norms train at ``bias_lr_scale`` (Barlow Twins:
+    0.0048 / 0.2); AdamW takes ``(momentum, beta2)`` as its betas (MAE: 0.9, 0.95).
+    """
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    # Biases, norm scales and learned tokens (MAE's mask and cls tokens) are not decayed.
+    plain = [p for name, p in params if p.ndim <= 1 or name.endswith("token")]
+    decay = [p for name, p in params if not (p.ndim <= 1 or name.endswith("token"))]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": plain, "weight_decay": 0.0, "lr_scale": bias_lr_scale if name == "lars" else 1.0},
+    ]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, beta2))
     if name == "lars":
-        return LARS([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; known: sgd, lars, adamw")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's ``lr`` on every param group, times the group's ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -29,6 +29,11 @@ def constant(step: int, total_steps: int, warmup_steps: int, base: float) -> flo
     return base
 
 
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int, max_share: float) -> int:
+    """Warm-up steps for ``warmup_epochs``, never more than ``max_share`` of the run's steps."""
+    return min(int(warmup_epochs * steps_per_epoch), int(max_share * total_steps))
+
+
 SCHEDULES = {"cosine": warmup_cosine, "step": step_decay, "constant": constant}
 
 

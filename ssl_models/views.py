@@ -15,7 +15,7 @@ the methods train on; ``apply`` returns those directly.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -83,6 +83,13 @@ def model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return normalize(to_float(images))
 
 
+def _for_view(p: float | Sequence[float], index: int) -> float:
+    """A probability for view ``index``: the number itself, or the view's entry (the last one for further views)."""
+    if isinstance(p, int | float):
+        return float(p)
+    return float(p[min(index, len(p) - 1)])
+
+
 def _generator(device: torch.device, seed: int | None) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
@@ -107,9 +114,10 @@ class MultiViewPolicy:
         jitter_strength: float = 0.4,
         jitter_p: float = 0.8,
         grayscale_p: float = 0.2,
-        blur_p: float = 0.5,
+        blur_p: float | Sequence[float] = 0.5,
         blur_sigma: tuple[float, float] = (0.1, 1.0),
         seed: int | None = None,
+        solarize_p: float | Sequence[float] = 0.0,
     ):
         self.image_size = image_size
         self.num_views = num_views
@@ -118,29 +126,37 @@ class MultiViewPolicy:
         self.jitter_strength = jitter_strength
         self.jitter_p = jitter_p
         self.grayscale_p = grayscale_p
+        # A number applies to every view; a sequence gives each view its own (BYOL's asymmetric views).
         self.blur_p = blur_p
+        self.solarize_p = solarize_p
         self.blur_sigma = tuple(blur_sigma)
         self.seed = seed
 
     def view(
-        self, x: torch.Tensor, gen: torch.Generator, size: int | None = None, scale: tuple[float, float] | None = None
+        self,
+        x: torch.Tensor,
+        gen: torch.Generator,
+        size: int | None = None,
+        scale: tuple[float, float] | None = None,
+        index: int = 0,
     ) -> torch.Tensor:
-        """One view, in [0, 1], of float images (N, C, H, W) in [0, 1]; ``size``/``scale`` default to the policy's.
+        """View ``index``, in [0, 1], of float images (N, C, H, W) in [0, 1]; ``size``/``scale`` default to the policy's.
 
-        Every step keeps pixels in [0, 1] (convex combinations, or clamped), so a view rounds to uint8 exactly.
+        Every step keeps pixels in [0, 1] (convex combinations, clamped, or 1 - x), so a view rounds to uint8 exactly.
         """
         size, scale = size or self.image_size, scale or self.crop_scale
         x = augment.random_resized_crop_flip(x, size, gen, scale=scale, flip_p=self.flip_p)
         s = self.jitter_strength
         x = augment.color_jitter(x, gen, brightness=s, contrast=s, saturation=s, p=self.jitter_p)
         x = augment.random_grayscale(x, gen, p=self.grayscale_p)
-        return augment.gaussian_blur(x, gen, p=self.blur_p, sigma=self.blur_sigma)
+        x = augment.gaussian_blur(x, gen, p=_for_view(self.blur_p, index), sigma=self.blur_sigma)
+        return augment.solarize(x, gen, p=_for_view(self.solarize_p, index))
 
     def unit_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views in [0, 1] of uint8 images (N, H, W, C) on any device, before normalization."""
         gen = _generator(images.device, self.seed)
         x = to_float(images)
-        return {f"view_{i}": self.view(x, gen) for i in range(self.num_views)}
+        return {f"view_{i}": self.view(x, gen, index=i) for i in range(self.num_views)}
 
     def apply(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalized float views of uint8 images (N, H, W, C) on any device, ready for a method."""

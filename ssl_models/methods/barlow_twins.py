@@ -10,6 +10,8 @@ from ssl_models.methods.base import SSLMethod
 from ssl_models.proxy import nearest_neighbour_accuracy
 from ssl_models.registry import register_method
 
+PAPER_LAMBDA, PAPER_WIDTH = 5e-3, 8192  # lambda_ as tuned in the paper, for its projector width
+
 
 @register_method("barlow_twins")
 class BarlowTwins(SSLMethod):
@@ -22,6 +24,8 @@ class BarlowTwins(SSLMethod):
     Linear), lambda_ = 5e-3, LARS with lr 0.2 (weights) / 0.0048 (biases and BN), batch 2048,
     weight decay 1.5e-6. The pipeline passes ``projection_dim`` and ``hidden_dim`` from its config;
     the paper finds the loss works better with wide projectors, and lambda_ was tuned for D = 8192.
+    The off-diagonal term sums D(D-1) entries against the diagonal's D, so ``lambda_`` left unset
+    keeps the paper's balance at any width: 5e-3 x 8192 / D (5e-3 at 8192, 0.04 at 1024).
 
     ``proxy_acc``: how often the projection of the other view of the same image is the nearest
     (cosine) among the batch's projections of that view.
@@ -34,9 +38,10 @@ class BarlowTwins(SSLMethod):
         image_size: int = 32,
         projection_dim: int = 8192,
         hidden_dim: int = 8192,
-        lambda_: float = 5e-3,
+        lambda_: float | None = None,
     ):
         super().__init__(backbone, in_channels, image_size)
+        lambda_ = PAPER_LAMBDA * PAPER_WIDTH / projection_dim if lambda_ is None else lambda_
         if lambda_ < 0:
             raise ValueError(f"lambda_ must be >= 0, got {lambda_}")
         self.lambda_ = lambda_

@@ -23,6 +23,8 @@ class SSLMethod(nn.Module):
     min_batch_per_worker: int = 2
     # Methods that only make sense on colour images (colorization) set this.
     requires_rgb: bool = False
+    # View settings the method's paper fixes, over the config's augmentation (BYOL's asymmetric views).
+    view_kwargs: dict = {}
     # The smallest backbone that fits the method, used by the unit tests.
     tiny_backbone: str = "tiny_cnn"
 

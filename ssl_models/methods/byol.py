@@ -32,6 +32,9 @@ class BYOL(SSLMethod):
     over both directions.
     """
 
+    # The paper's views differ (table 6): blur always on view 1, with p 0.1 on view 2; solarization only on view 2.
+    view_kwargs = {"blur_p": (1.0, 0.1), "solarize_p": (0.0, 0.2)}
+
     def __init__(
         self,
         backbone: str = "small_cnn",

@@ -34,3 +34,34 @@ def test_shipped_configs_load_and_missing_file_is_one_line(tmp_path):
     bad.write_text("data: [1, 2")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_unset_fields_take_the_methods_recipe_and_set_ones_win():
+    from pipelines.config import with_recipe
+
+    cfg, taken = with_recipe(build_config({}, ["method.name=barlow_twins", "train.epochs=10"]))
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.bias_lr_scale) == ("lars", 0.2, 1.5e-6, 0.024)
+    assert cfg.optim.warmup_epochs == 1.0  # 10% of 10 epochs
+    assert (cfg.method.projection_dim, cfg.method.hidden_dim) == (1024, 1024)  # CPU head sizes
+    assert {"optim.name", "optim.lr", "method.projection_dim"} <= set(taken)
+    # what the user sets wins and is not reported as the recipe's
+    mine, taken = with_recipe(build_config({}, ["method.name=barlow_twins", "optim.lr=0.1", "method.projection_dim=64"]))
+    assert mine.optim.lr == 0.1 and mine.method.projection_dim == 64 and mine.optim.name == "lars"
+    assert "optim.lr" not in taken and "method.projection_dim" not in taken
+    # resolving twice changes nothing; GPUs keep the paper's head sizes; MAE gets AdamW with its betas
+    assert with_recipe(cfg)[0] == cfg and with_recipe(cfg)[1] == []
+    gpu, _ = with_recipe(build_config({}, ["method.name=barlow_twins", "train.use_gpu=true"]))
+    assert gpu.method.projection_dim is None  # the method's own default: the paper's 8192
+    mae, _ = with_recipe(build_config({}, ["method.name=mae", "method.backbone=vit_tiny"]))
+    assert (mae.optim.name, mae.optim.momentum, mae.optim.beta2, mae.optim.weight_decay) == ("adamw", 0.9, 0.95, 0.05)
+
+
+def test_each_trial_of_a_methods_search_gets_its_own_recipe():
+    from pipelines.tune import trial_config
+
+    base = build_config({}, ["optim.weight_decay=1e-4"]).model_dump(mode="json")
+    simclr, _ = trial_config(base, {"method.name": "simclr"})
+    barlow, taken = trial_config(base, {"method.name": "barlow_twins"})
+    assert simclr.optim.name == "sgd" and barlow.optim.name == "lars"
+    assert simclr.optim.weight_decay == barlow.optim.weight_decay == 1e-4  # the base's setting wins for both
+    assert "optim.weight_decay" not in taken

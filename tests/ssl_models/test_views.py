@@ -92,3 +92,25 @@ def test_methods_take_the_uint8_views_ray_data_ships():
     views = {k: torch.from_numpy(v) for k, v in _policy_for(method)(_batch(n=8, size=32)).items() if k.startswith("view_")}
     assert views["view_0"].dtype == torch.uint8
     torch.testing.assert_close(method(views)["loss"], method(ssl_models.model_views(views))["loss"])
+
+
+def test_views_can_differ_per_view_as_byol_asks():
+    import ssl_models
+    from ssl_models.augment import solarize
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.linspace(0, 1, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    flipped = solarize(x, gen, p=1.0)
+    assert torch.equal(flipped, torch.where(x >= 0.5, 1 - x, x)) and torch.equal(solarize(x, gen, p=0.0), x)
+
+    images = torch.randint(0, 256, (64, 16, 16, 3), dtype=torch.uint8, generator=gen)
+    plain = dict(crop_scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, seed=0)
+    views = ssl_models.create_views("multi_view", image_size=16, blur_p=(1.0, 0.0), solarize_p=(0.0, 1.0), **plain).unit_views(
+        images
+    )
+    unaugmented = ssl_models.create_views("multi_view", image_size=16, blur_p=0.0, **plain).unit_views(images)["view_0"]
+    # view 0 blurred (same crops as the unblurred policy: the same seed draws the same crops), never solarized;
+    # view 1 solarized: no pixel above 0.5
+    assert views["view_0"].std() < 0.8 * unaugmented.std() and views["view_0"].max() > 0.5
+    assert views["view_1"].max() <= 0.5
+    assert ssl_models.method_class("byol").view_kwargs == {"blur_p": (1.0, 0.1), "solarize_p": (0.0, 0.2)}

@@ -1,0 +1,81 @@
+"""Every method has a recipe from its paper; Barlow Twins trains stably with its own (LARS), not the shared SGD one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ssl_models
+from pipelines.data import read_fashion_mnist
+from ssl_models.optim import build_optimizer, set_learning_rate
+from ssl_models.recipes import MAX_WARMUP_SHARE, method_recipe
+from ssl_models.schedules import warmup_steps
+
+
+@pytest.mark.parametrize("name", ssl_models.list_methods())
+def test_every_method_has_a_recipe_with_its_paper(name):
+    recipe = method_recipe(name)
+    assert recipe.paper.startswith("https://arxiv.org/abs/")
+    assert recipe.optimizer in ("sgd", "lars", "adamw") and recipe.lr > 0 and recipe.notes
+    assert 0 <= recipe.warmup_share <= MAX_WARMUP_SHARE
+    # the recipe's CPU head sizes are arguments the method takes
+    cls = ssl_models.method_class(name)
+    channels = 3 if cls.requires_rgb else 1
+    method = ssl_models.create_method(name, backbone=cls.tiny_backbone, in_channels=channels, image_size=32, **recipe.cpu_kwargs)
+    assert isinstance(method, torch.nn.Module)
+
+
+def test_warm_up_never_exceeds_its_share_of_the_run():
+    # a 1-epoch run asked for 1 warm-up epoch: 20% warm-up, then the schedule decays (before: all warm-up)
+    assert warmup_steps(1.0, steps_per_epoch=100, total_steps=100, max_share=MAX_WARMUP_SHARE) == 20
+    assert warmup_steps(0.5, steps_per_epoch=100, total_steps=1000, max_share=MAX_WARMUP_SHARE) == 50
+
+
+def _train(optimizer_name: str, lr: float, steps: int = 20) -> tuple[list[float], list[float]]:
+    """Barlow Twins (1024-d projector, tiny_cnn) on 128 real Fashion-MNIST images: the first conv's weight norm
+    before and after each step, and the loss of each step."""
+    torch.manual_seed(0)
+    images, _ = read_fashion_mnist("train")
+    batch = images[:128, :, :, None].copy()
+    policy = ssl_models.create_views("multi_view", image_size=28, num_views=2, seed=0)
+    method = ssl_models.create_method(
+        "barlow_twins", backbone="tiny_cnn", in_channels=1, image_size=28, projection_dim=1024, hidden_dim=1024
+    )
+    recipe = method_recipe("barlow_twins")
+    optimizer = build_optimizer(
+        optimizer_name, method, lr, recipe.weight_decay, recipe.momentum, bias_lr_scale=recipe.bias_lr_scale
+    )
+    first = next(p for p in method.encoder.parameters() if p.ndim == 4)
+    norms, losses = [float(first.detach().norm())], []
+    for _ in range(steps):
+        views = policy.apply(torch.from_numpy(np.ascontiguousarray(batch)))
+        set_learning_rate(optimizer, lr * 128 / 256)
+        loss = method.training_step(views)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        norms.append(float(first.detach().norm()))
+        losses.append(loss.item())
+    return norms, losses
+
+
+def test_barlow_twins_first_layer_stays_bounded_with_its_recipe():
+    recipe = method_recipe("barlow_twins")
+    assert recipe.optimizer == "lars"
+    lars_norms, lars_losses = _train("lars", recipe.lr)
+    sgd_norms, sgd_losses = _train("sgd", 0.06)  # the shared recipe every method used before
+    # The loss sums over the embedding's D dimensions, so SGD's steps scale with D: the first layer's
+    # weights blow up (measured: x340 in 20 steps) and the loss jumps above its start.
+    assert sgd_norms[-1] > 10 * sgd_norms[0] and max(sgd_losses) > 1.5 * sgd_losses[0]
+    # LARS bounds each layer's step relative to its weights: the norm stays put and the loss falls.
+    assert max(lars_norms) < 1.2 * lars_norms[0] and min(lars_norms) > 0.8 * lars_norms[0]
+    assert lars_losses[-1] < 0.9 * lars_losses[0]
+
+
+def test_barlow_twins_lambda_keeps_the_papers_balance_at_any_width():
+    def lam(width):
+        return ssl_models.create_method("barlow_twins", backbone="tiny_cnn", projection_dim=width, hidden_dim=width).lambda_
+
+    assert lam(8192) == pytest.approx(5e-3) and lam(1024) == pytest.approx(0.04)
+    assert ssl_models.create_method("barlow_twins", backbone="tiny_cnn", projection_dim=64, lambda_=0.1).lambda_ == 0.1
