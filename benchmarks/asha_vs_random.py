@@ -12,40 +12,18 @@ top-1 of each and the trial-epochs each spent. The last line reads
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
-from pipelines.config import build_config
-from pipelines.data import write_shards
+from search_bench import search_arguments, search_base_config
+
 from pipelines.tune import SearchSettings, run_search
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--shards", default="rayssl-data/fashion-mnist")
+    parser = search_arguments(trials=6, epochs=3, train_images=5000)
     parser.add_argument("--space", default="augment")
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--train-images", type=int, default=5000)
-    parser.add_argument("--probe-images", type=int, default=10_000)
-    parser.add_argument("--runs-dir", default="rayssl-runs")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if not (Path(args.shards) / "manifest.json").is_file():
-        write_shards("fashion-mnist", args.shards)
-    cfg = build_config(
-        {},
-        [
-            f"data.shards={args.shards}",
-            f"data.max_train_images={args.train_images}",
-            f"train.epochs={args.epochs}",
-            f"probe.max_train_images={args.probe_images}",
-            f"probe.max_test_images={args.probe_images}",
-            "probe.baselines=false",
-            f"tracking.runs_dir={args.runs_dir}",
-        ],
-    )
+    cfg = search_base_config(args, f"probe.max_test_images={args.probe_images}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outcome = {}
     for scheduler in ("none", "asha"):

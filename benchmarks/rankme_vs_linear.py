@@ -13,14 +13,12 @@ the trial with the highest RankMe instead of the best one. The last line reads
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from search_bench import search_arguments, search_base_config
 
-from pipelines.config import build_config
-from pipelines.data import write_shards
 from pipelines.report import format_table
 from pipelines.tune import SearchSettings, run_search
 
@@ -49,30 +47,8 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--shards", default="rayssl-data/fashion-mnist")
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train-images", type=int, default=5000)
-    parser.add_argument("--probe-images", type=int, default=10_000)
-    parser.add_argument("--runs-dir", default="rayssl-runs")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if not (Path(args.shards) / "manifest.json").is_file():
-        write_shards("fashion-mnist", args.shards)
-    cfg = build_config(
-        {},
-        [
-            f"data.shards={args.shards}",
-            f"data.max_train_images={args.train_images}",
-            f"train.epochs={args.epochs}",
-            "train.timeout_s=3600",
-            f"train.seed={args.seed}",
-            f"probe.max_train_images={args.probe_images}",
-            "probe.baselines=false",
-            f"tracking.runs_dir={args.runs_dir}",
-        ],
-    )
+    args = search_arguments(trials=10, epochs=2, train_images=5000).parse_args()
+    cfg = search_base_config(args, "train.timeout_s=3600", f"train.seed={args.seed}")
     with tempfile.TemporaryDirectory() as tmp:
         space = Path(tmp) / "rankme_check.yaml"
         space.write_text(SPACE)
