@@ -20,8 +20,9 @@ class RelativePosition(SSLMethod):
     patches are 2/3 of a cell), each patch jittered by up to 7 px, the two patches through
     a shared AlexNet-style trunk to fc6, concatenated, fc7 4096 -> fc8 8 classes; one
     random pair per image. Here: cells of ``image_size // 3`` px, patches 2/3 of a cell
-    (6 px at 32 px), jitter up to a quarter of the cell-patch margin (1 px at 32 px, so
-    neighbouring patches never touch), both patches encoded at their own size by the
+    (6 px at 32 px), jitter up to a quarter of the cell-patch margin and at least 1 px where
+    the margin has room (1 px at 28 and 32 px; a quarter of 3 px rounded to 0 at 28 px, which
+    left the patches on a fixed grid whose edges line up), so neighbouring patches never touch; both patches encoded at their own size by the
     shared encoder, features concatenated -> MLP (Linear-BN-ReLU-Linear) -> 8 classes.
     The paper's colour dropping against chromatic aberration is left out.
 
@@ -44,7 +45,8 @@ class RelativePosition(SSLMethod):
         super().__init__(backbone, in_channels, image_size)
         cell = image_size // 3
         self.patch_size = patch_size if patch_size is not None else max(1, cell * 2 // 3)
-        self.jitter = jitter if jitter is not None else (cell - self.patch_size) // 4
+        margin = cell - self.patch_size
+        self.jitter = jitter if jitter is not None else (max(1, margin // 4) if margin >= 2 else 0)
         if not 0 < self.patch_size <= cell:
             raise ValueError(f"patch_size must be in 1..{cell} (the cells of a 3x3 grid on {image_size} px), got {patch_size}")
         if not 0 <= 2 * self.jitter <= cell - self.patch_size:

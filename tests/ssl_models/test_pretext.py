@@ -260,3 +260,13 @@ def test_inpainting_loss_is_the_error_on_the_central_square_only():
     with pytest.raises(ValueError, match="mask_position must be one of center, random"):
         ssl_models.create_method("inpainting", backbone="tiny_cnn", mask_position="edge")
     assert torch.isfinite(_one_step("inpainting", mask_position="random")["loss"])
+
+
+def test_relative_position_patches_are_jittered_at_fashion_mnist_size():
+    # At 28 px the cells are 9 px and the patches 6 px: a quarter of the 3 px margin rounded to 0 jitter,
+    # so every patch sat on a fixed grid. At least 1 px now, at 28 and at 32 px, and never more than half the margin.
+    for size in (28, 32):
+        method = ssl_models.create_method("relative_position", backbone="tiny_cnn", in_channels=1, image_size=size)
+        assert 1 <= method.jitter and 2 * method.jitter <= size // 3 - method.patch_size
+    tops, lefts = pretext.grid_corners(256, 28, 3, 6, 1, torch.device("cpu"), _gen())
+    assert len(torch.unique(tops[:, 4])) == 3 and len(torch.unique(lefts[:, 4])) == 3  # the centre patch moves
