@@ -59,10 +59,12 @@ class CPC(SSLMethod):
     grid, linear predictions ``z_hat_{i+k,j} = W_k c_{i,j}`` for k > 0, and InfoNCE
     whose negatives are the other patches of the image and of the other images in
     the batch (gathered from every worker here). Here the grid defaults to 3x3
-    (``grid_size``) with the same half-patch overlap: 16 px patches every 8 px at
-    32 px, 14 px every 7 px at 28 px. ``prediction_steps`` defaults to every row
-    below (k = 1 .. grid_size - 1) and ``context_layers`` to grid_size - 1, enough
-    for the last row's context to see the whole grid above it.
+    (``grid_size``) with the same half-patch overlap: 12 px patches every 6 px at
+    32 px, 10 px every 5 px at 28 px. Offsets k start at 2, the first whose patches
+    share no pixel with the context's row (k = 1 overlaps by half: a pixel-copy
+    shortcut the reference code skips too); ``prediction_steps`` defaults to every
+    such row below (k = 2 .. grid_size - 1) and ``context_layers`` to grid_size - 1,
+    enough for the last row's context to see the whole grid above it.
 
     Not reproduced: CPC v2's per-patch augmentations and layer norm in the encoder
     (the shared backbones use batch norm over all patches of the batch).
@@ -79,7 +81,7 @@ class CPC(SSLMethod):
         backbone: str = "small_cnn",
         in_channels: int = 3,
         image_size: int = 32,
-        grid_size: int = 3,
+        grid_size: int = 4,
         prediction_steps: int | None = None,
         context_layers: int | None = None,
     ):
@@ -87,9 +89,13 @@ class CPC(SSLMethod):
         if isinstance(self.encoder, VisionTransformer):
             raise ValueError(f"cpc encodes patches of any size and needs a convolutional backbone, got {backbone!r}")
         self.patch_size, self.stride = cpc_patch_geometry(image_size, grid_size)
-        steps = prediction_steps if prediction_steps is not None else grid_size - 1
-        if not 1 <= steps <= grid_size - 1:
-            raise ValueError(f"prediction_steps must be between 1 and grid_size - 1 ({grid_size - 1}), got {steps}")
+        # The row below overlaps its context's own row by half: predicting it could copy pixels. As in the
+        # reference code, the first offset predicted is the first whose patches share no pixel with the context's.
+        self.first_offset = -(-self.patch_size // self.stride)  # ceil(patch / stride): 2 for half-overlapping patches
+        most = grid_size - self.first_offset
+        steps = prediction_steps if prediction_steps is not None else most
+        if not 1 <= steps <= most:
+            raise ValueError(f"prediction_steps must be between 1 and {most} for a {grid_size}x{grid_size} grid, got {steps}")
         layers = context_layers if context_layers is not None else grid_size - 1
         if layers < 1:
             raise ValueError(f"context_layers must be >= 1, got {layers}")
@@ -110,7 +116,7 @@ class CPC(SSLMethod):
         context = self.context(z.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (N, rows, cols, D)
         index = torch.arange(n * rows * cols, device=z.device).reshape(n, rows, cols)
         predictions, positives = [], []
-        for k, predictor in enumerate(self.predictors, start=1):
+        for k, predictor in enumerate(self.predictors, start=self.first_offset):
             predictions.append(predictor(context[:, : rows - k]).reshape(-1, dim))  # c_{i,j} for i < rows - k
             positives.append(index[:, k:].reshape(-1))  # z_{i+k,j}
         logits, labels = cpc_infonce_logits(torch.cat(predictions), z.reshape(-1, dim), torch.cat(positives))

@@ -22,8 +22,9 @@ class RelativePosition(SSLMethod):
     random pair per image. Here: cells of ``image_size // 3`` px, patches 2/3 of a cell
     (6 px at 32 px), jitter up to a quarter of the cell-patch margin and at least 1 px where
     the margin has room (1 px at 28 and 32 px; a quarter of 3 px rounded to 0 at 28 px, which
-    left the patches on a fixed grid whose edges line up), so neighbouring patches never touch; both patches encoded at their own size by the
-    shared encoder, features concatenated -> MLP (Linear-BN-ReLU-Linear) -> 8 classes.
+    left the patches on a fixed grid whose edges line up), so neighbouring patches never touch;
+    both patches encoded at their own size by the shared encoder, features concatenated ->
+    MLP (Linear-BN-ReLU-Linear) -> 8 classes.
     The paper's colour dropping against chromatic aberration is left out.
 
     ``proxy_acc``: accuracy of the 8-way position classifier.

@@ -247,7 +247,18 @@ def test_cpc_refuses_bad_arguments():
 def test_cpc_one_step_trains_and_scores_all_patches():
     method = ssl_models.create_method("cpc", backbone="tiny_cnn", in_channels=1, image_size=32)
     out = _one_adam_step_changes(method, _views(n=4))
-    # 4 images x 3x3 patches = 36 candidates for each of 4 x (2 + 1) x 3 = 36 predictions
+    # 4 images x 4x4 patches = 64 candidates for each of 4 x (2 + 1) x 4 = 48 predictions (offsets 2 and 3)
     assert torch.isfinite(out["loss"]) and 0 <= out["proxy_acc"].item() <= 1
     z = method.encode_patches(torch.zeros(4, 1, 32, 32))
-    assert z.shape == (4, 3, 3, method.encoder.num_features)
+    assert z.shape == (4, 4, 4, method.encoder.num_features)
+
+
+@pytest.mark.parametrize("image_size", [28, 32])
+def test_cpc_never_predicts_a_patch_that_overlaps_its_context(image_size):
+    method = ssl_models.create_method("cpc", backbone="tiny_cnn", in_channels=1, image_size=image_size)
+    offsets = range(method.first_offset, method.first_offset + len(method.predictors))
+    assert len(offsets) >= 2  # a 4x4 grid leaves rows 2 and 3 below to predict
+    # row i+k starts k*stride px below row i, which ends patch_size px below its start: no shared pixel
+    assert all(k * method.stride >= method.patch_size for k in offsets)
+    out = method.training_step({"view_0": torch.randn(4, 1, image_size, image_size)})
+    assert torch.isfinite(out["loss"])
