@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ssl_models.heads import ProjectionHead
 from ssl_models.methods.base import SSLMethod
 from ssl_models.pretext import chroma_target, gray_input
 from ssl_models.registry import register_method
+
+
+class LuminanceEncoder(nn.Module):
+    """A backbone that sees only the luma of its RGB input: in training and in every probe alike.
+
+    The probes call the method's ``encoder`` on colour images; without this wrapper an
+    encoder trained on grey would be probed on colour it never saw.
+    """
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = backbone.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(gray_input(x))
 
 
 @register_method("colorization")
@@ -19,8 +36,8 @@ class Colorization(SSLMethod):
     distribution over 313 quantized ab bins (grid 10), cross-entropy with class
     rebalancing (lambda 0.5) so rare saturated colours count, colour read out as the
     annealed mean (T 0.38); a fully convolutional VGG-style network.
-    Simplified here: the input is the luma Y replicated to 3 channels (so the encoder
-    keeps RGB input and probes run on colour images), the target is the linear chroma
+    Simplified here: the input is the luma Y replicated to 3 channels, inside the encoder
+    (``LuminanceEncoder``: training and probes both see luma), the target is the linear chroma
     pair (R - Y, B - Y) average-pooled to 1/4 resolution (``target_size``, 8x8 at 32 px),
     regressed with plain MSE (the paper's L2 baseline, which it found gives desaturated
     colours, but which needs no bins) by an MLP decoder (Linear-BN-ReLU-Linear) from the
@@ -32,6 +49,8 @@ class Colorization(SSLMethod):
 
     num_views = 1
     requires_rgb = True
+    # Targets are the image's own colours: no colour jitter, never turned grey (one target in five had no colour).
+    view_kwargs = {"jitter_p": 0.0, "grayscale_p": 0.0}
     # The decoder's BatchNorm needs two images per worker.
     min_batch_per_worker = 2
 
@@ -50,6 +69,7 @@ class Colorization(SSLMethod):
                 f"{'s' if in_channels != 1 else ''} — pick another method or RGB data"
             )
         super().__init__(backbone, in_channels, image_size)
+        self.encoder = LuminanceEncoder(self.encoder)
         self.target_size = target_size if target_size is not None else max(1, image_size // 4)
         if not 0 < self.target_size <= image_size:
             raise ValueError(f"target_size must be in 1..{image_size}, got {target_size}")
@@ -61,7 +81,7 @@ class Colorization(SSLMethod):
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["view_0"]
         target = chroma_target(x, self.target_size)
-        pred = self.decoder(self.encoder(gray_input(x))).view_as(target)
+        pred = self.decoder(self.encoder(x)).view_as(target)  # the encoder takes the luma itself
         loss = F.mse_loss(pred, target)
         error = (pred.detach() - target).norm(dim=1)  # (N, s, s) chroma error per pixel
         proxy_acc = (error <= self.tolerance).float().mean()

@@ -270,3 +270,25 @@ def test_relative_position_patches_are_jittered_at_fashion_mnist_size():
         assert 1 <= method.jitter and 2 * method.jitter <= size // 3 - method.patch_size
     tops, lefts = pretext.grid_corners(256, 28, 3, 6, 1, torch.device("cpu"), _gen())
     assert len(torch.unique(tops[:, 4])) == 3 and len(torch.unique(lefts[:, 4])) == 3  # the centre patch moves
+
+
+def test_colorization_targets_keep_their_colour_and_the_encoder_sees_luma():
+    from ssl_models.methods.colorization import Colorization
+
+    # one saturated photo-like image, 200 times: every view's chroma target must carry colour
+    rng = np.random.default_rng(0)
+    image = np.zeros((200, 16, 16, 3), dtype=np.uint8)
+    image[..., 0] = rng.integers(150, 255, (16, 16))  # reddish everywhere
+    image[..., 2] = rng.integers(0, 60, (16, 16))
+    settings = dict(image_size=16, seed=0)
+    before = ssl_models.create_views("multi_view", **settings).apply(torch.from_numpy(image))["view_0"]
+    after = ssl_models.create_views("multi_view", **settings, **Colorization.view_kwargs).apply(torch.from_numpy(image))["view_0"]
+
+    def colourless(views):
+        return int((pretext.chroma_target(views, 4).abs().amax(dim=(1, 2, 3)) < 1e-3).sum())
+
+    assert colourless(before) > 20  # grayscale p 0.2: about one target in five had no colour at all
+    assert colourless(after) == 0
+    method = ssl_models.create_method("colorization", backbone="tiny_cnn", image_size=16).eval()
+    colour = torch.rand(4, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(method.encoder(colour), method.encoder(pretext.gray_input(colour)))
