@@ -87,6 +87,9 @@ class TrainConfig(_Strict):
     channels_last: bool = False  # NHWC layout for model and images: faster convolutions on recent GPUs
     compile: bool = False  # torch.compile the model: slower first steps, faster after (GPUs; needs a C compiler)
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD puts workers on different nodes when it can
+    # Batch-norm statistics over all workers' batches (SyncBatchNorm; CPUs too). None: the method's recipe
+    # (on for SimCLR, BYOL, SimSiam, Barlow Twins and VICReg, as their papers train).
+    sync_batchnorm: bool | None = None
     seed: int = 0
     max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint
     timeout_s: float | None = Field(None, gt=0)  # abort the run if fit() takes longer
@@ -175,6 +178,7 @@ RECIPE_FIELDS = {
     "optim.momentum": "momentum",
     "optim.beta2": "beta2",
     "optim.bias_lr_scale": "bias_lr_scale",
+    "train.sync_batchnorm": "sync_batchnorm",
 }
 
 

@@ -42,6 +42,7 @@ from pipelines.faults import FaultInjector
 from ssl_models.optim import build_optimizer, set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE
 from ssl_models.schedules import learning_rate, warmup_steps
+from ssl_models.sync_batchnorm import convert_sync_batchnorm
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -233,6 +234,8 @@ def _train_loop(loop_config: dict) -> dict | None:
     device = ray.train.torch.get_device()
 
     method = build_method(cfg, manifest)
+    if cfg.train.sync_batchnorm and world > 1:  # before the optimizer takes the parameters; names stay the same
+        method = convert_sync_batchnorm(method, cuda=cfg.train.use_gpu)
     optimizer = build_method_optimizer(cfg, method)
     start_epoch, pending = 0, []
     checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure

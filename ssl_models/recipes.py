@@ -27,6 +27,7 @@ class Recipe:
     beta2: float = 0.999  # AdamW only
     bias_lr_scale: float = 1.0  # LARS only: biases and norms train at lr x this (Barlow Twins: 0.0048 / 0.2)
     warmup_share: float = 0.1  # share of the run spent in linear warm-up (at most MAX_WARMUP_SHARE)
+    sync_batchnorm: bool = False  # batch-norm statistics over every worker's batch, as the paper trains
     cpu_kwargs: dict[str, Any] = field(default_factory=dict)  # method arguments on CPUs (head sizes)
     notes: str = ""  # where this differs from the paper, and why
 
@@ -42,6 +43,7 @@ _SGD = dict(optimizer="sgd", lr=0.06, weight_decay=5e-4, momentum=0.9)
 RECIPES: dict[str, Recipe] = {
     "simclr": Recipe(
         paper="https://arxiv.org/abs/2002.05709",
+        sync_batchnorm=True,
         **_SGD,
         notes="Paper: LARS, lr 0.3 x B/256 (ImageNet; 1.0 with B=512 on CIFAR-10), wd 1e-6, 10 warm-up epochs. "
         "LARS pays off at batch 4096; at batch 256 on CPUs, SGD with momentum is the solo-learn CIFAR setting.",
@@ -56,12 +58,14 @@ RECIPES: dict[str, Recipe] = {
     "triplet": Recipe(paper="https://arxiv.org/abs/1503.03832", **_SGD, notes="No SSL paper recipe; the shared SGD one."),
     "byol": Recipe(
         paper="https://arxiv.org/abs/2006.07733",
+        sync_batchnorm=True,
         **_SGD,
         notes="Paper: LARS lr 0.2 x B/256, wd 1.5e-6, batch 4096, 1% warm-up; not yet measured here against the "
         "shared SGD recipe. Views as in the paper: blur 1.0 / 0.1, solarization 0 / 0.2 (BYOL.view_kwargs).",
     ),
     "simsiam": Recipe(
         paper="https://arxiv.org/abs/2011.10566",
+        sync_batchnorm=True,
         optimizer="sgd",
         lr=0.05,
         weight_decay=1e-4,
@@ -69,6 +73,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "barlow_twins": Recipe(
         paper="https://arxiv.org/abs/2103.03230",
+        sync_batchnorm=True,
         optimizer="lars",
         lr=0.2,
         weight_decay=1.5e-6,
@@ -81,6 +86,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "vicreg": Recipe(
         paper="https://arxiv.org/abs/2105.04906",
+        sync_batchnorm=True,
         **_SGD,
         cpu_kwargs={"projection_dim": 1024, "hidden_dim": 1024},
         notes="Paper: LARS lr 0.2 x B/256 (biases and norms unadapted and undecayed), wd 1e-6, 10 warm-up "
