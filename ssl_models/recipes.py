@@ -92,6 +92,15 @@ RECIPES: dict[str, Recipe] = {
         notes="Paper: LARS lr 0.2 x B/256 (biases and norms unadapted and undecayed), wd 1e-6, 10 warm-up "
         "epochs, batch 2048; not yet measured here against the shared SGD recipe. Expander 8192 -> 1024 on CPUs.",
     ),
+    "vibcreg": Recipe(
+        paper="https://arxiv.org/abs/2109.00783",
+        sync_batchnorm=True,
+        **_SGD,
+        cpu_kwargs={"projection_dim": 1024, "hidden_dim": 1024},
+        notes="The paper trains on time series; for images, the shared SGD recipe, not yet measured against "
+        "VICReg's. Projector 4096 -> 1024 on CPUs (IterNorm keeps 64 groups of 16). IterNorm whitens each "
+        "worker's batch; the loss terms use the gathered global batch.",
+    ),
     "dino": Recipe(
         paper="https://arxiv.org/abs/2104.14294",
         **_SGD,

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 import ssl_models
-from ssl_models.losses import barlow_twins, negative_cosine, vicreg, vicreg_terms
+from ssl_models.losses import barlow_twins, negative_cosine, vibcreg, vicreg, vicreg_terms
 from ssl_models.proxy import nearest_neighbour_accuracy
 from tests.ssl_models.gloo import run_distributed
 
@@ -216,7 +216,7 @@ def test_simsiam_stop_gradient_and_heads():
     assert all(p.grad is not None for p in method.predictor.parameters())
 
 
-@pytest.mark.parametrize("name", ["barlow_twins", "vicreg"])
+@pytest.mark.parametrize("name", ["barlow_twins", "vicreg", "vibcreg"])
 def test_redundancy_reduction_methods_give_finite_loss_and_accuracy(name):
     torch.manual_seed(0)
     out = tiny(name)(two_views())
@@ -230,6 +230,7 @@ def test_redundancy_reduction_methods_give_finite_loss_and_accuracy(name):
         ("byol", {"base_momentum": 1.5}, "base_momentum"),
         ("barlow_twins", {"lambda_": -1.0}, "lambda_"),
         ("vicreg", {"cov_weight": -1.0}, "cov_weight"),
+        ("vibcreg", {"cov_weight": -1.0}, "cov_weight"),
     ],
 )
 def test_bad_arguments_raise_one_clear_value_error(name, kwargs, match):
@@ -237,7 +238,7 @@ def test_bad_arguments_raise_one_clear_value_error(name, kwargs, match):
         tiny(name, **kwargs)
 
 
-@pytest.mark.parametrize("loss_fn", [barlow_twins, vicreg])
+@pytest.mark.parametrize("loss_fn", [barlow_twins, vicreg, vibcreg])
 def test_redundancy_losses_run_in_float32_under_bf16_autocast(loss_fn):
     z0, z1 = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64)
     expected = loss_fn(z0, z1).item()
@@ -245,3 +246,48 @@ def test_redundancy_losses_run_in_float32_under_bf16_autocast(loss_fn):
         got = loss_fn(z0.to(torch.bfloat16), z1.to(torch.bfloat16))
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(expected, rel=1e-2)  # only the bf16 rounding of the inputs
+
+
+# ---------------------------------------------------------------- VIbCReg (Lee & Aune 2021, section 3)
+
+
+def vibcreg_reference(z0: np.ndarray, z1: np.ndarray, lam: float, mu: float, nu: float) -> float:
+    """Loop form: MSE; per-branch mean_j max(0, 1 - sqrt(var_j + 1e-4)) (unbiased var); per-branch
+    sum over i != j of corr_ij^2 divided by D^2, corr from centred, L2-normalized columns."""
+    n, d = z0.shape
+    sim = np.mean((z0 - z1) ** 2)
+    var = sum(np.mean([max(0.0, 1 - np.sqrt(z[:, j].var(ddof=1) + 1e-4)) for j in range(d)]) for z in (z0, z1))
+    cov = 0.0
+    for z in (z0, z1):
+        c = z - z.mean(axis=0)
+        c = c / np.linalg.norm(c, axis=0)
+        cov += sum((c[:, i] @ c[:, j]) ** 2 for i in range(d) for j in range(d) if i != j) / d**2
+    return lam * sim + mu * var + nu * cov
+
+
+@pytest.mark.parametrize("weights", [(25.0, 25.0, 200.0), (1.0, 0.0, 0.0), (0.0, 3.0, 0.5)])
+def test_vibcreg_matches_numpy_reference(weights):
+    rng = np.random.default_rng(3)
+    z0, z1 = rng.normal(size=(12, 5)) * 0.7, rng.normal(size=(12, 5)) * 1.3
+    got = vibcreg(torch.tensor(z0), torch.tensor(z1), *weights).item()
+    assert got == pytest.approx(vibcreg_reference(z0, z1, *weights), rel=1e-10)
+    # its covariance term ignores the embeddings' scale, unlike VICReg's
+    scaled = vibcreg(torch.tensor(10 * z0), torch.tensor(10 * z1), 0.0, 0.0, 1.0).item()
+    assert scaled == pytest.approx(vibcreg(torch.tensor(z0), torch.tensor(z1), 0.0, 0.0, 1.0).item(), rel=1e-10)
+
+
+def test_iternorm_whitens_each_group_and_keeps_running_statistics():
+    from ssl_models.iternorm import IterNorm
+
+    torch.manual_seed(0)
+    mix = torch.randn(8, 8, dtype=torch.float64)
+    x = torch.randn(4096, 8, dtype=torch.float64) @ mix + 3  # correlated, shifted features
+    norm = IterNorm(8, num_groups=2, iterations=10).double()
+    y = norm(x)
+    for g in range(2):
+        part = y[:, 4 * g : 4 * g + 4]
+        cov = (part - part.mean(0)).T @ (part - part.mean(0)) / len(part)
+        torch.testing.assert_close(cov, torch.eye(4, dtype=torch.float64), atol=0.05, rtol=0)
+    norm.momentum = 1.0  # the running statistics become this batch's
+    norm(x)
+    torch.testing.assert_close(norm.eval()(x), norm.train()(x), atol=1e-10, rtol=0)
