@@ -87,8 +87,8 @@ class TrainConfig(_Strict):
     channels_last: bool = False  # NHWC layout for model and images: faster convolutions on recent GPUs
     compile: bool = False  # torch.compile the model: slower first steps, faster after (GPUs; needs a C compiler)
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD puts workers on different nodes when it can
-    # Batch-norm statistics over all workers' batches (SyncBatchNorm; CPUs too). None: the method's recipe
-    # (on for SimCLR, BYOL, SimSiam, Barlow Twins and VICReg, as their papers train).
+    # Batch-norm statistics over all workers' batches (SyncBatchNorm; CPUs too). None: the method's recipe on GPUs
+    # (on for SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, VIbCReg, as their papers train), off on CPUs (30% slower).
     sync_batchnorm: bool | None = None
     seed: int = 0
     max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint
@@ -178,7 +178,6 @@ RECIPE_FIELDS = {
     "optim.momentum": "momentum",
     "optim.beta2": "beta2",
     "optim.bias_lr_scale": "bias_lr_scale",
-    "train.sync_batchnorm": "sync_batchnorm",
 }
 
 
@@ -199,6 +198,11 @@ def with_recipe(cfg: Config) -> tuple[Config, list[str]]:
         if tree[section][name] is None:
             tree[section][name] = getattr(recipe, attribute)
             taken.append(key)
+    if tree["train"]["sync_batchnorm"] is None:
+        # On GPUs as the paper trains. On CPUs off: its all-reduces cost 30% of SimCLR's throughput on 2 gloo
+        # workers for the same accuracy (0.795 vs 0.792 linear, 2 epochs on 20,000 images).
+        tree["train"]["sync_batchnorm"] = recipe.sync_batchnorm and cfg.train.use_gpu
+        taken.append("train.sync_batchnorm")
     if tree["optim"]["warmup_epochs"] is None:
         tree["optim"]["warmup_epochs"] = round(recipe.warmup_share * cfg.train.epochs, 6)
         taken.append("optim.warmup_epochs")

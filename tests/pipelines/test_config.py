@@ -52,6 +52,9 @@ def test_unset_fields_take_the_methods_recipe_and_set_ones_win():
     assert with_recipe(cfg)[0] == cfg and with_recipe(cfg)[1] == []
     gpu, _ = with_recipe(build_config({}, ["method.name=barlow_twins", "train.use_gpu=true"]))
     assert gpu.method.projection_dim is None  # the method's own default: the paper's 8192
+    assert gpu.train.sync_batchnorm is True and cfg.train.sync_batchnorm is False  # the paper's on GPUs, off on CPUs
+    forced, _ = with_recipe(build_config({}, ["method.name=barlow_twins", "train.sync_batchnorm=true"]))
+    assert forced.train.sync_batchnorm is True
     mae, _ = with_recipe(build_config({}, ["method.name=mae", "method.backbone=vit_tiny"]))
     assert (mae.optim.name, mae.optim.momentum, mae.optim.beta2, mae.optim.weight_decay) == ("adamw", 0.9, 0.95, 0.05)
 
