@@ -24,6 +24,7 @@ def _tiny_config(shards, runs_dir, uri, epochs=2):
             "data.batch_size=64",
             "method.backbone=tiny_cnn",
             f"train.epochs={epochs}",
+            "train.sync_batchnorm=true",  # GlobalBatchNorm under DDP on 2 CPU workers (off by default on CPUs)
             "train.timeout_s=400",
             "probe.linear_epochs=5",
             "probe.knn_k=20",
@@ -46,6 +47,8 @@ def test_pretrain_probe_and_mlflow_server_record(ray_session, fmnist_shards, mlf
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["method.name"] == "simclr" and run.data.params["data.batch_size"] == "64"
+    assert run.data.params["train.sync_batchnorm"] == "True" and run.data.params["optim.name"] == "sgd"
+    assert "optim.lr" in run.data.tags["rayssl.from_recipe"].split(",")
     assert PROBE_KEYS <= set(run.data.metrics)
     # one record per epoch, in order, for each per-epoch metric
     for key in ("train/loss", "train/images_per_s", "train/lr", "train/proxy_acc"):
