@@ -10,15 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ssl_models.distributed import gather_with_grad
+from ssl_models.losses.vicreg import variance_hinge
 
 __all__ = ["vibcreg", "vibcreg_terms"]
-
-_VAR_EPS = 1e-4  # inside the square root of the variance hinge, as in VICReg
-
-
-def _variance(z: torch.Tensor) -> torch.Tensor:
-    """mean_j max(0, 1 - sqrt(Var(z_j) + eps)): VICReg's hinge on each dimension's standard deviation."""
-    return F.relu(1 - torch.sqrt(z.var(dim=0) + _VAR_EPS)).mean()
 
 
 def _normalized_covariance(z: torch.Tensor) -> torch.Tensor:
@@ -46,7 +40,7 @@ def vibcreg_terms(z0: torch.Tensor, z1: torch.Tensor) -> dict[str, torch.Tensor]
         z1 = gather_with_grad(z1.to(dtype))
         return {
             "invariance": F.mse_loss(z0, z1),
-            "variance": _variance(z0) + _variance(z1),
+            "variance": variance_hinge(z0) + variance_hinge(z1),
             "covariance": _normalized_covariance(z0) + _normalized_covariance(z1),
         }
 

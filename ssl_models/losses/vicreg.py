@@ -17,7 +17,7 @@ __all__ = ["vicreg", "vicreg_terms"]
 _VAR_EPS = 1e-4
 
 
-def _variance(z: torch.Tensor) -> torch.Tensor:
+def variance_hinge(z: torch.Tensor) -> torch.Tensor:
     """Hinge on the per-dimension standard deviation: mean_j max(0, 1 - sqrt(Var(z_j) + eps))."""
     std = torch.sqrt(z.var(dim=0) + _VAR_EPS)
     return F.relu(1 - std).mean()
@@ -45,7 +45,7 @@ def vicreg_terms(z0: torch.Tensor, z1: torch.Tensor) -> dict[str, torch.Tensor]:
         z1 = gather_with_grad(z1.to(dtype))
         return {
             "invariance": F.mse_loss(z0, z1),
-            "variance": (_variance(z0) + _variance(z1)) / 2,
+            "variance": (variance_hinge(z0) + variance_hinge(z1)) / 2,
             "covariance": _covariance(z0) + _covariance(z1),
         }
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ssl_models.heads import ProjectionHead
 from ssl_models.iternorm import IterNorm
 from ssl_models.losses import vibcreg_terms
-from ssl_models.methods.base import SSLMethod
-from ssl_models.proxy import nearest_neighbour_accuracy
+from ssl_models.methods.vicreg import VICReg
 from ssl_models.registry import register_method
 
 
 @register_method("vibcreg")
-class VIbCReg(SSLMethod):
+class VIbCReg(VICReg):
     """VICReg with IterNorm on the projector output and a normalized covariance term.
 
     Loss: ``sim_weight * MSE + var_weight * variance hinges + cov_weight * mean squared off-diagonal
@@ -27,6 +24,8 @@ class VIbCReg(SSLMethod):
 
     ``proxy_acc``: how often the embedding of the other view of the same image is the nearest.
     """
+
+    loss_terms = staticmethod(vibcreg_terms)
 
     def __init__(
         self,
@@ -41,24 +40,10 @@ class VIbCReg(SSLMethod):
         iternorm_groups: int = 64,
         iternorm_iterations: int = 5,
     ):
-        super().__init__(backbone, in_channels, image_size)
-        for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
-            if weight < 0:
-                raise ValueError(f"{name} must be >= 0, got {weight}")
-        self.weights = {"invariance": sim_weight, "variance": var_weight, "covariance": cov_weight}
+        super().__init__(backbone, in_channels, image_size, projection_dim, hidden_dim, sim_weight, var_weight, cov_weight)
         groups = min(iternorm_groups, projection_dim)
         while projection_dim % groups:  # a group count that divides the width (64 for the paper's 4096)
             groups -= 1
         self.projector = nn.Sequential(
-            ProjectionHead(self.encoder.num_features, hidden_dim, projection_dim, num_layers=3),
-            IterNorm(projection_dim, num_groups=groups, iterations=iternorm_iterations),
+            self.projector, IterNorm(projection_dim, num_groups=groups, iterations=iternorm_iterations)
         )
-
-    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        z0 = self.projector(self.encoder(batch["view_0"]))
-        z1 = self.projector(self.encoder(batch["view_1"]))
-        terms = vibcreg_terms(z0, z1)
-        loss = sum(self.weights[name] * value for name, value in terms.items())
-        out = {"loss": loss, "proxy_acc": nearest_neighbour_accuracy(z0, z1)}
-        out.update({name: value.detach() for name, value in terms.items()})
-        return out

@@ -27,6 +27,8 @@ class VICReg(SSLMethod):
     (cosine) among the batch's embeddings of that view.
     """
 
+    loss_terms = staticmethod(vicreg_terms)  # the unweighted invariance, variance and covariance terms
+
     def __init__(
         self,
         backbone: str = "small_cnn",
@@ -48,7 +50,7 @@ class VICReg(SSLMethod):
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z0 = self.projector(self.encoder(batch["view_0"]))
         z1 = self.projector(self.encoder(batch["view_1"]))
-        terms = vicreg_terms(z0, z1)
+        terms = self.loss_terms(z0, z1)
         loss = sum(self.weights[name] * value for name, value in terms.items())
         out = {"loss": loss, "proxy_acc": nearest_neighbour_accuracy(z0, z1)}
         out.update({name: value.detach() for name, value in terms.items()})
