@@ -79,3 +79,23 @@ def test_barlow_twins_lambda_keeps_the_papers_balance_at_any_width():
 
     assert lam(8192) == pytest.approx(5e-3) and lam(1024) == pytest.approx(0.04)
     assert ssl_models.create_method("barlow_twins", backbone="tiny_cnn", projection_dim=64, lambda_=0.1).lambda_ == 0.1
+
+
+def test_cpc_trains_without_diverging_with_its_recipe():
+    # With the shared SGD recipe (lr 0.06) CPC's loss reached NaN by step 9 (methods_fmnist, 2026-11-29).
+    torch.manual_seed(0)
+    images, _ = read_fashion_mnist("train")
+    method = ssl_models.create_method("cpc", backbone="small_cnn", in_channels=1, image_size=28)
+    policy = ssl_models.create_views(method.view_policy, image_size=28, num_views=1, seed=0)
+    recipe = method_recipe("cpc")
+    optimizer = build_optimizer(recipe.optimizer, method, recipe.lr, recipe.weight_decay, recipe.momentum, recipe.beta2)
+    losses = []
+    for step in range(15):
+        views = policy.apply(torch.from_numpy(images[step * 128 : (step + 1) * 128, :, :, None].copy()))
+        set_learning_rate(optimizer, recipe.lr * 128 / 256)
+        loss = method.training_step(views)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]
