@@ -99,8 +99,8 @@ def cmd_recipe(args) -> int:
     from pipelines.config import build_config, with_recipe
     from ssl_models.recipes import MAX_WARMUP_SHARE, method_recipe
 
-    recipe = method_recipe(build_config({}, [f"method.name={args.name}"]).method.name)
     cfg, taken = with_recipe(build_config({}, [f"method.name={args.name}", f"train.epochs={args.epochs}"]))
+    recipe = method_recipe(cfg.method.name)
     flat = cfg.flat()
     print(f"{args.name}: {recipe.paper}")
     for f in fields(recipe):

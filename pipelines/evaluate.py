@@ -49,7 +49,10 @@ def probe_shards(cfg: Config) -> str:
 
 def has_labels(cfg: Config) -> bool:
     """True when the probe set has labeled images in both splits (the manifest counted them)."""
-    rows = labeled_rows(read_manifest(probe_shards(cfg)))
+    return _labeled_in_both_splits(labeled_rows(read_manifest(probe_shards(cfg))))
+
+
+def _labeled_in_both_splits(rows: dict[str, int]) -> bool:
     return rows.get("train", 0) > 0 and rows.get("test", 0) > 0
 
 
@@ -59,6 +62,7 @@ def check_probe_set(cfg: Config, manifest: dict) -> bool:
     A probe set must hold images the encoder takes: the same channels and image size
     as the shards it pretrains on. Makes ``probe.shards`` absolute (Ray workers chdir).
     """
+    probe = manifest
     if cfg.probe.shards is not None:
         cfg.probe.shards = resolve_uri(cfg.probe.shards)
         probe = read_manifest(cfg.probe.shards)
@@ -75,9 +79,9 @@ def check_probe_set(cfg: Config, manifest: dict) -> bool:
                 f"{where}: holds {probe['image_size'][0]} px images, the pretraining shards {size} px; "
                 f"re-shard it with --size {size}"
             )
-    labeled = has_labels(cfg)
+    rows = labeled_rows(probe)
+    labeled = _labeled_in_both_splits(rows)  # as has_labels, from the manifest in hand
     if not labeled:
-        rows = labeled_rows(read_manifest(probe_shards(cfg)))
         print(
             f"note: {probe_shards(cfg)} has no labeled images to probe with (train {rows.get('train', 0)}, "
             f"test {rows.get('test', 0)}); pretraining goes on, RankMe (label-free) is logged, and the probes that "

@@ -13,7 +13,10 @@ policy still decides every other error.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from collections.abc import Iterator
 
 from pipelines.config import ConfigError
 from pipelines.data import DataError
@@ -48,9 +51,21 @@ def unfixable_cause(err: BaseException | None) -> Exception | None:
     return named_in_text
 
 
-def as_one_line(cause: Exception) -> Exception:
-    """A fresh exception of the cause's class and message: no remote traceback attached."""
-    return type(cause)(str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__)
+@contextlib.contextmanager
+def unfixable_errors_in_one_line() -> Iterator[None]:
+    """Re-raise a ``DataError``/``ConfigError`` found behind any error inside as a fresh one-line exception.
+
+    Used in each worker (Ray prints its traceback) and around ``fit`` on the driver (Ray wraps
+    it in a ``WorkerGroupError``). ``RAYSSL_TRACEBACK=1`` keeps the original.
+    """
+    try:
+        yield
+    except Exception as err:
+        cause = unfixable_cause(err)
+        if cause is None or os.environ.get("RAYSSL_TRACEBACK"):
+            raise
+        text = str(cause).strip()
+        raise type(cause)(text.splitlines()[0] if text else type(cause).__name__) from None
 
 
 def fail_fast_on_unfixable_errors() -> None:

@@ -37,7 +37,7 @@ from pipelines.evaluate import (
     ignored_method_fields,
     run_probes,
 )
-from pipelines.failures import as_one_line, fail_fast_on_unfixable_errors, unfixable_cause
+from pipelines.failures import fail_fast_on_unfixable_errors, unfixable_errors_in_one_line
 from pipelines.faults import FaultInjector
 from ssl_models.optim import build_optimizer, set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE
@@ -214,13 +214,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     Ray Train prints a worker's traceback; for an error the user fixes in the data or the
     config, the cause's one line says more (``RAYSSL_TRACEBACK=1`` keeps the full one).
     """
-    try:
+    with unfixable_errors_in_one_line():
         return _train_loop(loop_config)
-    except Exception as err:
-        cause = unfixable_cause(err)
-        if cause is None or os.environ.get("RAYSSL_TRACEBACK"):
-            raise
-        raise as_one_line(cause) from None
 
 
 def _train_loop(loop_config: dict) -> dict | None:
@@ -467,13 +462,8 @@ def fit(
         datasets={"train": dataset if dataset is not None else build_pretrain_dataset(cfg, manifest)},
     )
     fail_fast_on_unfixable_errors()
-    try:
+    with unfixable_errors_in_one_line():  # bad data or config: one line, not the workers' tracebacks
         result = _fit_with_timeout(trainer, cfg.train.timeout_s)
-    except Exception as err:
-        cause = unfixable_cause(err)
-        if cause is None:
-            raise
-        raise as_one_line(cause) from None  # bad data or config: one line, not the workers' tracebacks
     if isinstance(result.return_value, dict) and "error" in result.return_value:
         raise NonFiniteLossError(result.return_value["error"])
     return result

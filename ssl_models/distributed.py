@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 
@@ -41,3 +43,19 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)
+
+
+def on_global_batch_in_float32(fn):
+    """Decorate a loss of two views' embeddings ``fn(z0, z1)``: it sees every process's rows, in at least float32.
+
+    Batch statistics and D x D sums of squares are too coarse in bf16, so autocast is off
+    inside and the inputs are promoted; the gather keeps gradients (``gather_with_grad``).
+    """
+
+    @functools.wraps(fn)
+    def wrapped(z0: torch.Tensor, z1: torch.Tensor):
+        dtype = torch.promote_types(z0.dtype, torch.float32)
+        with torch.autocast(z0.device.type, enabled=False):
+            return fn(gather_with_grad(z0.to(dtype)), gather_with_grad(z1.to(dtype)))
+
+    return wrapped

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ssl_models.distributed import gather_with_grad
+from ssl_models.distributed import on_global_batch_in_float32
 
 __all__ = ["barlow_twins", "cross_correlation"]
 
@@ -24,6 +24,7 @@ def _batch_normalize(z: torch.Tensor) -> torch.Tensor:
     return (z - mean) / torch.sqrt(var + _BN_EPS)
 
 
+@on_global_batch_in_float32
 def cross_correlation(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
     """The (D, D) cross-correlation C of the batch-normalized embeddings over the global batch.
 
@@ -31,12 +32,7 @@ def cross_correlation(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
     batch statistics and C are those of the concatenated batch (like SyncBatchNorm plus the
     all_reduce of C in the paper's code), and gradients flow back to every process.
     """
-    # Batch statistics and a D x D sum of squares are too coarse in bf16: compute them in (at least) float32.
-    dtype = torch.promote_types(z0.dtype, torch.float32)
-    with torch.autocast(z0.device.type, enabled=False):
-        z0 = gather_with_grad(z0.to(dtype))
-        z1 = gather_with_grad(z1.to(dtype))
-        return _batch_normalize(z0).T @ _batch_normalize(z1) / z0.shape[0]
+    return _batch_normalize(z0).T @ _batch_normalize(z1) / z0.shape[0]
 
 
 def barlow_twins(z0: torch.Tensor, z1: torch.Tensor, lambda_: float = 5e-3) -> torch.Tensor:

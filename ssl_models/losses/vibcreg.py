@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssl_models.distributed import gather_with_grad
+from ssl_models.distributed import on_global_batch_in_float32
 from ssl_models.losses.vicreg import variance_hinge
 
 __all__ = ["vibcreg", "vibcreg_terms"]
@@ -28,21 +28,18 @@ def _normalized_covariance(z: torch.Tensor) -> torch.Tensor:
     return off.pow(2).sum() / (d * d)
 
 
+@on_global_batch_in_float32
 def vibcreg_terms(z0: torch.Tensor, z1: torch.Tensor) -> dict[str, torch.Tensor]:
     """The unweighted invariance (MSE), variance (sum over branches) and normalized covariance (sum) terms.
 
     Under ``torch.distributed`` every process's embeddings are gathered first, so the
     statistics are those of the global batch.
     """
-    dtype = torch.promote_types(z0.dtype, torch.float32)
-    with torch.autocast(z0.device.type, enabled=False):
-        z0 = gather_with_grad(z0.to(dtype))
-        z1 = gather_with_grad(z1.to(dtype))
-        return {
-            "invariance": F.mse_loss(z0, z1),
-            "variance": variance_hinge(z0) + variance_hinge(z1),
-            "covariance": _normalized_covariance(z0) + _normalized_covariance(z1),
-        }
+    return {
+        "invariance": F.mse_loss(z0, z1),
+        "variance": variance_hinge(z0) + variance_hinge(z1),
+        "covariance": _normalized_covariance(z0) + _normalized_covariance(z1),
+    }
 
 
 def vibcreg(

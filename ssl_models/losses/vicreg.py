@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssl_models.distributed import gather_with_grad
+from ssl_models.distributed import on_global_batch_in_float32
 
 __all__ = ["vicreg", "vicreg_terms"]
 
@@ -31,6 +31,7 @@ def _covariance(z: torch.Tensor) -> torch.Tensor:
     return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
 
 
+@on_global_batch_in_float32
 def vicreg_terms(z0: torch.Tensor, z1: torch.Tensor) -> dict[str, torch.Tensor]:
     """The unweighted invariance, variance and covariance terms over the global batch.
 
@@ -38,16 +39,11 @@ def vicreg_terms(z0: torch.Tensor, z1: torch.Tensor) -> dict[str, torch.Tensor]:
     paper's code), so the statistics are those of the concatenated batch.
     The variance and covariance terms are averaged over the two branches.
     """
-    # Variances and a D x D sum of squares are too coarse in bf16: compute them in (at least) float32.
-    dtype = torch.promote_types(z0.dtype, torch.float32)
-    with torch.autocast(z0.device.type, enabled=False):
-        z0 = gather_with_grad(z0.to(dtype))
-        z1 = gather_with_grad(z1.to(dtype))
-        return {
-            "invariance": F.mse_loss(z0, z1),
-            "variance": (variance_hinge(z0) + variance_hinge(z1)) / 2,
-            "covariance": _covariance(z0) + _covariance(z1),
-        }
+    return {
+        "invariance": F.mse_loss(z0, z1),
+        "variance": (variance_hinge(z0) + variance_hinge(z1)) / 2,
+        "covariance": _covariance(z0) + _covariance(z1),
+    }
 
 
 def vicreg(
