@@ -183,7 +183,14 @@ def cmd_compare(args) -> int:
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri, args.runs_dir)
     tracking.check_reachable(uri)
-    table, plots = compare(uri, args.experiment, args.out)
+    experiment = args.experiment
+    if experiment is None:
+        experiment = tracking.newest_experiment(uri)
+        if experiment is None:
+            print(f"error: the MLflow store {uri} has no runs yet; run `rayssl pretrain` or `rayssl demo` first", file=sys.stderr)
+            return 2
+        print(f"comparing experiment {experiment!r}, the one with the newest run (--experiment NAME for another)")
+    table, plots = compare(uri, experiment, args.out)
     print(table)
     print()
     for plot in plots:
@@ -262,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipe)
 
     p = sub.add_parser("compare", help="table and plots over every run of an MLflow experiment")
-    p.add_argument("--experiment", required=True, help="MLflow experiment (a tune --name, or tracking.experiment)")
+    p.add_argument(
+        "--experiment", default=None, help="MLflow experiment (a tune --name, or tracking.experiment); default: the newest"
+    )
     p.add_argument("--out", default="rayssl-runs/compare", help="folder for the table and PNG plots")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in --runs-dir)")
     p.add_argument("--runs-dir", default="rayssl-runs", help="where the default SQLite store lives")

@@ -221,6 +221,16 @@ def search_runs(uri: str, experiment: str, filter_string: str = "") -> list:
     return client(uri).search_runs([exp.experiment_id], filter_string=filter_string)
 
 
+def newest_experiment(uri: str) -> str | None:
+    """The experiment of the most recently started run in the store (None when it has no runs)."""
+    c = client(uri)
+    experiments = c.search_experiments()
+    if not experiments:
+        return None
+    runs = c.search_runs([e.experiment_id for e in experiments], order_by=["attributes.start_time DESC"], max_results=1)
+    return c.get_experiment(runs[0].info.experiment_id).name if runs else None
+
+
 def log_artifacts(uri: str, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
     client(uri).log_artifacts(run_id, str(folder), artifact_path)
 
