@@ -210,6 +210,9 @@ def cmd_preview(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayssl", description="Self-supervised pretraining on Ray, tracked in MLflow.")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show Ray's, Ray Train's and Ray Data's own log lines (RAYSSL_VERBOSE=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("shard", help="write validated Parquet shards from fashion-mnist or an image folder")
@@ -301,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ["RAYSSL_VERBOSE"] = "1"
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # SIGTERM ends runs KILLED, like Ctrl-C
     from pipelines.tracking import TrackingError
     from tune_spaces import SpaceError

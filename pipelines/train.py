@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -20,7 +21,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 import yaml
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 import ssl_models
@@ -200,12 +201,11 @@ def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str, first_epo
     nodes = [ray.get_runtime_context().get_node_id()] * world
     if dist.is_available() and dist.is_initialized():
         dist.all_gather_object(nodes, nodes[rank])
-    if rank == 0:
-        print(f"workers on nodes {nodes}", flush=True)
+    if rank == 0:  # in MLflow, not the terminal: one line of long node ids per run was noise
         try:
             tracking.set_tag(uri, run_id, f"rayssl.worker_nodes.from_epoch_{first_epoch}", ",".join(nodes))
         except Exception as err:  # an unreachable server must not stop training
-            print(f"warning: could not tag worker nodes ({type(err).__name__})", flush=True)
+            say(f"warning: could not tag worker nodes ({type(err).__name__})")
 
 
 def train_loop_per_worker(loop_config: dict) -> dict | None:
@@ -320,11 +320,10 @@ def _train_loop(loop_config: dict) -> dict | None:
             if rank == 0:
                 buffer.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
                 _save_checkpoint(inner, optimizer, epoch, cfg, manifest, folder, run_id, uri, buffer.pending)
-                print(
+                say(
                     f"epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.3f}  "
                     f"proxy_acc {metrics['train/proxy_acc']:.2f}  {metrics['train/images_per_s']:.0f} images/s  "
-                    f"lr {lr:.4f}",
-                    flush=True,
+                    f"lr {lr:.4f}"
                 )
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder) if rank == 0 else None)
 
@@ -409,13 +408,38 @@ def cluster_address() -> str | None:
     return canonicalize_bootstrap_address(None)
 
 
+def verbose() -> bool:
+    """``rayssl --verbose`` (or RAYSSL_VERBOSE=1): Ray's, Ray Train's and Ray Data's own INFO lines in the terminal."""
+    return bool(os.environ.get("RAYSSL_VERBOSE"))
+
+
+def ray_log_level() -> str:
+    return "INFO" if verbose() else "WARNING"
+
+
 def ensure_ray(resources: dict | None = None) -> None:
     """Join the running cluster, else start a local Ray; only a local one takes ``resources``.
 
     A cluster declares its own (cluster.yaml, the RayJob), and Ray refuses them from a joining driver.
+    Ray Data's INFO lines (each dataset's execution plan and finish) stay in Ray's log files unless verbose.
     """
     if not ray.is_initialized():
-        ray.init(resources=None if cluster_address() else resources, log_to_driver=True)
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", ray_log_level())  # the driver's own Ray Data logger
+        ray.init(
+            resources=None if cluster_address() else resources,
+            log_to_driver=True,
+            runtime_env={"env_vars": {"RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}},
+        )
+
+
+def say(line: str) -> None:
+    """One line to the worker's real stdout, shown once in the driver's terminal.
+
+    Ray Train V2 patches ``print`` in its workers to go to a logger *and*, when stdout is wrapped, to stdout:
+    every per-epoch line came out twice, and a quiet log level would hide it.
+    """
+    sys.__stdout__.write(line + "\n")
+    sys.__stdout__.flush()
 
 
 def fit(
@@ -458,6 +482,7 @@ def fit(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=callbacks or [],
+            logging_config=LoggingConfig(log_level=ray_log_level()),
         ),
         datasets={"train": dataset if dataset is not None else build_pretrain_dataset(cfg, manifest)},
     )
