@@ -114,6 +114,8 @@ class ProbeConfig(_Strict):
     max_train_images: int | None = Field(None, ge=10)  # labeled images used to fit probes (None = all)
     max_test_images: int | None = Field(None, ge=10)
     baselines: bool = True  # also probe raw pixels and a random-init encoder
+    # Decoded probe sets and baselines computed once per search, in <runs_dir>/cache (pipelines/shared_work.py).
+    share_baselines: bool = True
     labels_per_class: list[int] = []  # few-label fine-tuning vs training from scratch, e.g. [10, 100]
     finetune_steps: int = Field(300, ge=1)  # steps of each few-label fine-tune (more for larger label sets)
     epoch_knn_images: int = Field(2000, ge=0)  # labeled images for the cheap per-epoch kNN (0 = off); Tune acts on it

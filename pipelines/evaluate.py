@@ -19,6 +19,7 @@ from torch import nn
 import ssl_models
 from pipelines.config import Config, ConfigError, ProbeConfig
 from pipelines.data import check_shards, labeled_rows, load_images, load_labeled, read_manifest, resolve_uri
+from pipelines.shared_work import cache_dir, digest, shared_arrays, shared_metrics, weights_digest
 from ssl_models.views import model_input
 
 # MLflow tag value on runs whose probes that need labels were skipped.
@@ -279,32 +280,73 @@ def build_method(cfg: Config, manifest: dict) -> nn.Module:
 def run_probes(method: nn.Module, cfg: Config, splits: LabeledSplits | None = None, device: str = "cpu") -> dict[str, float]:
     """Probe metrics of a pretrained method plus, if configured, both baselines of the same architecture.
 
-    RankMe always (it needs no labels); the rest only when the probe set has labels.
+    RankMe always (it needs no labels); the rest only when the probe set has labels. The decoded probe
+    sets and every baseline are shared by the trials of a search (``pipelines.shared_work``).
     """
     metrics = {}
     if cfg.probe.rankme_images:
         metrics["probe/rankme"] = EpochRankMe(cfg)(method.encoder, device)
     if splits is None and not has_labels(cfg):
         return metrics
-    splits = splits or load_splits(probe_shards(cfg), cfg.probe)
+    cache = cache_dir(cfg.tracking.runs_dir) if cfg.probe.share_baselines else None
+    data_key = probe_set_key(cfg)
+    splits = splits or shared_splits(cfg, cache, data_key)
     metrics.update({f"probe/{k}": v for k, v in probe_encoder(method.encoder, splits, cfg.probe, device).items()})
     # How many labeled images the probes fit on and report on (partly labeled shards: only the labeled rows).
     metrics["probe/train_images"], metrics["probe/test_images"] = len(splits.train_labels), len(splits.test_labels)
+    if not (cfg.probe.baselines or cfg.probe.labels_per_class):
+        return metrics
+    torch.manual_seed(cfg.train.seed)
+    untrained = build_method(cfg, read_manifest(cfg.data.shards)).encoder  # random init, same architecture and seed
+    arch_key = weights_digest(untrained)
     if cfg.probe.baselines:
-        torch.manual_seed(cfg.train.seed)
-        manifest = read_manifest(cfg.data.shards)
-        random_init = build_method(cfg, manifest).encoder
-        metrics["baseline/random_init_linear_top1"] = probe_encoder(random_init, splits, cfg.probe, device)["linear_top1"]
-        metrics["baseline/pixels_linear_top1"] = pixels_linear_top1(splits, cfg.probe)
-    if cfg.probe.labels_per_class:
-        from pipelines.finetune import few_label_metrics
-
-        torch.manual_seed(cfg.train.seed)
-        scratch = build_method(cfg, read_manifest(cfg.data.shards)).encoder
         metrics.update(
-            few_label_metrics(method.encoder, scratch, splits, cfg.probe.labels_per_class, cfg.probe.finetune_steps, device)
+            shared_metrics(
+                cache,
+                "baselines",
+                digest(data_key, arch_key),
+                lambda: {
+                    "baseline/random_init_linear_top1": probe_encoder(untrained, splits, cfg.probe, device)["linear_top1"],
+                    "baseline/pixels_linear_top1": pixels_linear_top1(splits, cfg.probe),
+                },
+            )
+        )
+    if cfg.probe.labels_per_class:
+        from pipelines.finetune import few_label_top1
+
+        counts, steps = cfg.probe.labels_per_class, cfg.probe.finetune_steps
+        finetuned = few_label_top1(method.encoder, splits, counts, steps, device)
+        metrics.update({f"probe/finetune_{n}pc_top1": finetuned[n] for n in counts})
+        metrics.update(
+            shared_metrics(
+                cache,
+                "from-scratch",
+                digest(data_key, arch_key, counts, steps),
+                lambda: {
+                    f"baseline/supervised_{n}pc_top1": top1
+                    for n, top1 in few_label_top1(untrained, splits, counts, steps, device).items()
+                },
+            )
         )
     return metrics
+
+
+def probe_set_key(cfg: Config) -> str:
+    """What the probe results depend on besides the encoder: the probe set and the probe settings."""
+    shards = probe_shards(cfg)
+    probe = cfg.probe.model_dump(exclude={"labels_per_class", "finetune_steps", "epoch_knn_images", "rankme_images"})
+    return digest(resolve_uri(shards), read_manifest(shards), probe)
+
+
+def shared_splits(cfg: Config, cache, data_key: str) -> LabeledSplits:
+    """The decoded probe sets, decoded once per search."""
+    arrays = shared_arrays(
+        cache,
+        "probe-sets",
+        data_key,
+        lambda: vars(load_splits(probe_shards(cfg), cfg.probe)),
+    )
+    return LabeledSplits(**arrays)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -71,6 +71,19 @@ def finetune_top1(
     return correct / len(test_images)
 
 
+def few_label_top1(
+    encoder: nn.Module, splits, labels_per_class: list[int], steps: int = 300, device: str = "cpu"
+) -> dict[int, float]:
+    """Test top-1 of ``encoder`` fine-tuned on N labels per class, for every N (the same labels every call)."""
+    top1 = {}
+    for n in labels_per_class:
+        idx = few_label_indices(splits.train_labels, n)
+        args = (splits.train_images[idx], splits.train_labels[idx], splits.test_images, splits.test_labels, splits.num_classes)
+        # More labels deserve more steps: at least ~10 passes over the labeled set.
+        top1[n] = finetune_top1(encoder, *args, steps=max(steps, math.ceil(10 * len(idx) / 64)), device=device)
+    return top1
+
+
 def few_label_metrics(
     pretrained: nn.Module,
     scratch: nn.Module,
@@ -80,12 +93,10 @@ def few_label_metrics(
     device: str = "cpu",
 ) -> dict[str, float]:
     """``probe/finetune_<N>pc_top1`` and ``baseline/supervised_<N>pc_top1`` for every N."""
+    finetuned = few_label_top1(pretrained, splits, labels_per_class, steps, device)
+    from_scratch = few_label_top1(scratch, splits, labels_per_class, steps, device)
     metrics: dict[str, float] = {}
     for n in labels_per_class:
-        idx = few_label_indices(splits.train_labels, n)
-        args = (splits.train_images[idx], splits.train_labels[idx], splits.test_images, splits.test_labels, splits.num_classes)
-        # More labels deserve more steps: at least ~10 passes over the labeled set.
-        n_steps = max(steps, math.ceil(10 * len(idx) / 64))
-        metrics[f"probe/finetune_{n}pc_top1"] = finetune_top1(pretrained, *args, steps=n_steps, device=device)
-        metrics[f"baseline/supervised_{n}pc_top1"] = finetune_top1(scratch, *args, steps=n_steps, device=device)
+        metrics[f"probe/finetune_{n}pc_top1"] = finetuned[n]
+        metrics[f"baseline/supervised_{n}pc_top1"] = from_scratch[n]
     return metrics
