@@ -119,7 +119,7 @@ def cmd_demo(args) -> int:
     import time
 
     from pipelines import tracking
-    from pipelines.compare import compare
+    from pipelines.compare import collect_runs, compare, headlines
     from pipelines.data import write_shards
     from pipelines.tune import SearchSettings, run_search
 
@@ -139,6 +139,10 @@ def cmd_demo(args) -> int:
     print()
     for plot in plots:
         print(f"plot: {plot}")
+    print()
+    for line in headlines(collect_runs(result.tracking_uri, result.experiment)):
+        print(line)
+    print()
     print(f"MLflow store: {result.tracking_uri} (experiment {result.experiment!r})")
     print(f"Open the UI:  .venv/bin/{tracking.ui_command(result.tracking_uri)}")
     return 0

@@ -261,6 +261,36 @@ def best_run_embedding(uri: str, best: RunRow, out: Path, max_images: int = 2000
     return plot_embedding(features, labels, title, out, classes)
 
 
+def headlines(rows: list[RunRow]) -> list[str]:
+    """One sentence per headline: the best method against raw pixels, and few labels against from scratch."""
+    probed = [r for r in rows if "probe/linear_top1" in r.metrics]
+    if not probed:
+        return ["No run has a linear probe (the probe set has no labels); see RankMe in the table."]
+    best = max(probed, key=lambda r: r.metrics["probe/linear_top1"])
+    linear = best.metrics["probe/linear_top1"]
+    lines = []
+    pixels = best.metrics.get("baseline/pixels_linear_top1")
+    if pixels is not None:
+        verdict = "beats" if linear > pixels else "does not beat"
+        lines.append(
+            f"Best method: {best.method} ({best.name}), linear top-1 {linear:.3f}, {verdict} the same probe on raw pixels "
+            f"({pixels:.3f}) by {100 * (linear - pixels):+.1f} points."
+        )
+    else:
+        lines.append(f"Best method: {best.method} ({best.name}), linear top-1 {linear:.3f}.")
+    for n in few_label_counts(rows):
+        tuned = [r for r in rows if f"probe/finetune_{n}pc_top1" in r.metrics]
+        if not tuned:
+            continue
+        top = max(tuned, key=lambda r: r.metrics[f"probe/finetune_{n}pc_top1"])
+        ours, scratch = top.metrics[f"probe/finetune_{n}pc_top1"], top.metrics.get(f"baseline/supervised_{n}pc_top1", math.nan)
+        lines.append(
+            f"Few labels ({n} per class): {top.method}'s encoder fine-tuned reaches {ours:.3f}, the same network trained "
+            f"from scratch on the same labels {scratch:.3f} ({100 * (ours - scratch):+.1f} points)."
+        )
+    return lines
+
+
 def compare(uri: str, experiment: str, out: str | Path) -> tuple[str, list[Path]]:
     """Print-ready table and the plot files; logs both to the newest Tune parent run of ``experiment``."""
     rows = collect_runs(uri, experiment)

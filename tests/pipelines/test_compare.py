@@ -81,3 +81,16 @@ def test_compare_without_experiment_takes_the_newest(tmp_path, capsys):
     assert main(["compare", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "comparing experiment 'older'" in printed and (tmp_path / "out" / "compare.txt").is_file()
+
+
+def test_headlines_say_best_vs_pixels_and_few_labels_vs_scratch():
+    from pipelines.compare import headlines
+
+    rows = [
+        _row("t0", "simclr", 0.85, pixels=0.84, **{"probe/finetune_10pc_top1": 0.70, "baseline/supervised_10pc_top1": 0.62}),
+        _row("t1", "rotation", 0.86, pixels=0.84, **{"probe/finetune_10pc_top1": 0.73, "baseline/supervised_10pc_top1": 0.62}),
+    ]
+    best, few = headlines(rows)
+    assert best.startswith("Best method: rotation (t1), linear top-1 0.860, beats") and "(0.840) by +2.0 points" in best
+    assert few.startswith("Few labels (10 per class): rotation's encoder") and "0.730" in few and "(+11.0 points)" in few
+    assert "does not beat" in headlines([_row("t0", "byol", 0.83, pixels=0.84)])[0]
