@@ -7,19 +7,18 @@ call ``probe_checkpoint``/``run_probes``.
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import ssl_models
 from pipelines.config import Config, ConfigError, ProbeConfig
 from pipelines.data import check_shards, labeled_rows, load_images, load_labeled, read_manifest, resolve_uri
 from pipelines.shared_work import cache_dir, digest, shared_arrays, shared_metrics, weights_digest
+from ssl_models.probes import knn_top1, linear_probe_top1, rankme
 from ssl_models.views import model_input
 
 # MLflow tag value on runs whose probes that need labels were skipped.
@@ -109,71 +108,6 @@ def extract_features(encoder: nn.Module, images: np.ndarray, batch_size: int = 1
     return torch.cat(feats)
 
 
-def linear_probe_top1(
-    train_x: torch.Tensor,
-    train_y: np.ndarray,
-    test_x: torch.Tensor,
-    test_y: np.ndarray,
-    num_classes: int,
-    epochs: int = 30,
-    lr: float = 1e-3,
-    batch_size: int = 256,
-    weight_decay: float = 1e-5,
-    seed: int = 0,
-    min_steps: int = 300,
-) -> float:
-    """Top-1 test accuracy of a softmax classifier trained on standardized frozen features."""
-    gen = torch.Generator().manual_seed(seed)
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    xtr, xte = (train_x - mean) / std, (test_x - mean) / std
-    ytr = torch.tensor(np.asarray(train_y), dtype=torch.long)
-    clf = nn.Linear(xtr.shape[1], num_classes)
-    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
-    # Small labeled sets still get enough steps to converge (at least ``min_steps``).
-    epochs = max(epochs, math.ceil(min_steps / math.ceil(len(xtr) / batch_size)))
-    steps = epochs * math.ceil(len(xtr) / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(epochs):
-        order = torch.randperm(len(xtr), generator=gen)
-        for i in range(0, len(xtr), batch_size):
-            idx = order[i : i + batch_size]
-            loss = F.cross_entropy(clf(xtr[idx]), ytr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    with torch.no_grad():
-        pred = clf(xte).argmax(1).numpy()
-    return float((pred == test_y).mean())
-
-
-@torch.no_grad()
-def knn_top1(
-    train_x: torch.Tensor,
-    train_y: np.ndarray,
-    test_x: torch.Tensor,
-    test_y: np.ndarray,
-    num_classes: int,
-    k: int = 200,
-    temperature: float = 0.07,
-    chunk: int = 512,
-) -> float:
-    """Weighted kNN on cosine similarity (Wu et al. 2018, https://arxiv.org/abs/1805.01978):
-    each of the k nearest training features votes for its class with weight exp(sim / T)."""
-    train_n = F.normalize(train_x, dim=1)
-    test_n = F.normalize(test_x, dim=1)
-    labels = torch.tensor(np.asarray(train_y), dtype=torch.long)
-    k = min(k, len(train_n))
-    correct = 0
-    for i in range(0, len(test_n), chunk):
-        sim = test_n[i : i + chunk] @ train_n.T
-        top_sim, top_idx = sim.topk(k, dim=1)
-        votes = torch.zeros(len(sim), num_classes)
-        votes.scatter_add_(1, labels[top_idx], (top_sim / temperature).exp())
-        correct += int((votes.argmax(1).numpy() == test_y[i : i + chunk]).sum())
-    return correct / len(test_n)
-
-
 def probe_encoder(encoder: nn.Module, splits: LabeledSplits, probe: ProbeConfig, device: str = "cpu") -> dict[str, float]:
     """``linear_top1`` and ``knn_top1`` of a frozen encoder."""
     train_f = extract_features(encoder, splits.train_images, device=device)
@@ -194,18 +128,6 @@ def pixels_linear_top1(splits: LabeledSplits, probe: ProbeConfig) -> float:
     return linear_probe_top1(
         train_x, splits.train_labels, test_x, splits.test_labels, splits.num_classes, probe.linear_epochs, probe.linear_lr
     )
-
-
-def rankme(features: torch.Tensor, eps: float = 1e-7) -> float:
-    """RankMe, the effective rank of an embedding matrix (Garrido et al. 2023, https://arxiv.org/abs/2210.02885).
-
-    ``features`` (N, D): with singular values s_k, p_k = s_k / sum(s) + eps and
-    RankMe = exp(-sum_k p_k log p_k), between 1 (collapse to one direction) and min(N, D).
-    It needs no labels; higher tends to mean better downstream accuracy within one method.
-    """
-    s = torch.linalg.svdvals(features.double())
-    p = s / s.sum() + eps
-    return float(torch.exp(-(p * p.log()).sum()))
 
 
 class EpochKNN:

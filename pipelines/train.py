@@ -272,7 +272,10 @@ def _train_loop(loop_config: dict) -> dict | None:
     stop_epoch = loop_config.get("stop_epoch") or cfg.train.epochs
     for epoch in range(start_epoch, stop_epoch):
         model.train()
-        loss_sum, acc_sum, batches, images = 0.0, 0.0, 0, 0
+        # Summed on the device, read once per epoch: a .item() per step stalls a GPU's queue every step.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        acc_sum = torch.zeros((), dtype=torch.float64, device=device)
+        batches, images = 0, 0
         lr = base_lr
         t0 = ready = time.perf_counter()
         waited = 0.0  # seconds this worker sat waiting for its next batch: data starvation
@@ -299,11 +302,12 @@ def _train_loop(loop_config: dict) -> dict | None:
             step += 1
             batches += 1
             images += per_worker
-            loss_sum += loss.item()
-            acc_sum += float(out.get("proxy_acc", torch.tensor(0.0)))
+            loss_sum += loss.detach()
+            if "proxy_acc" in out:
+                acc_sum += torch.as_tensor(out["proxy_acc"], device=device).detach()
             ready = time.perf_counter()
         seconds = time.perf_counter() - t0
-        totals = _all_reduce_sum([loss_sum, acc_sum, batches, images, waited], device)
+        totals = _all_reduce_sum([float(loss_sum), float(acc_sum), batches, images, waited], device)
         loss_sum, acc_sum, batches, images, waited = totals
         metrics = {
             "train/loss": loss_sum / max(batches, 1),

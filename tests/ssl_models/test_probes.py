@@ -1,3 +1,5 @@
+"""The frozen-feature probes against formulas and references; on a GPU, the same numbers as on CPU."""
+
 import math
 
 import numpy as np
@@ -5,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.evaluate import knn_top1, linear_probe_top1
+from ssl_models.probes import knn_top1, linear_probe_top1, rankme
 
 
 def _blobs(n_per_class=60, classes=3, dim=8, spread=0.3, seed=0):
@@ -49,8 +51,6 @@ def test_knn_matches_a_loop_reference():
 
 
 def test_rankme_is_the_exponential_entropy_of_normalized_singular_values():
-    from pipelines.evaluate import rankme
-
     # singular values 4, 2, 1, 1: p = (0.5, 0.25, 0.125, 0.125), entropy = 1.75 ln 2
     z = torch.diag(torch.tensor([4.0, 2.0, 1.0, 1.0]))
     assert abs(rankme(z) - math.exp(1.75 * math.log(2))) < 1e-5
@@ -59,3 +59,14 @@ def test_rankme_is_the_exponential_entropy_of_normalized_singular_values():
     gauss = torch.randn(4000, 16, generator=torch.Generator().manual_seed(0))
     assert 15.5 < rankme(gauss) <= 16.0
     assert rankme(torch.randn(5, 64, generator=torch.Generator().manual_seed(0))) <= 5.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_probes_on_the_gpu_match_the_cpu():
+    train_x, train_y = _blobs(n_per_class=200, spread=2.5, seed=4)
+    test_x, test_y = _blobs(n_per_class=50, spread=2.5, seed=5)
+    cpu_knn = knn_top1(train_x, train_y, test_x, test_y, 3, k=20)
+    assert knn_top1(train_x.cuda(), train_y, test_x.cuda(), test_y, 3, k=20) == pytest.approx(cpu_knn)
+    cpu_linear = linear_probe_top1(train_x, train_y, test_x, test_y, 3, epochs=5)
+    assert abs(linear_probe_top1(train_x.cuda(), train_y, test_x.cuda(), test_y, 3, epochs=5) - cpu_linear) <= 0.02
+    assert rankme(train_x.cuda()) == pytest.approx(rankme(train_x), rel=1e-6)
