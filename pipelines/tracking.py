@@ -67,12 +67,19 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment by its kind; untagged ones opened on the GenAI overview (traces,
+# tokens). rayssl's are model training: the runs table and their charts.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(uri: str, name: str) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if "mlflow.experimentKind" not in exp.tags:  # made before rayssl tagged them, or by another tool
+            c.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return exp.experiment_id
-    return c.create_experiment(name, artifact_location=_artifact_root(uri))
+    return c.create_experiment(name, artifact_location=_artifact_root(uri), tags=EXPERIMENT_KIND)
 
 
 def _param_value(value: Any) -> str:

@@ -58,3 +58,14 @@ def test_metric_buffer_keeps_what_the_server_did_not_take(tmp_path, monkeypatch)
 def test_unreachable_server_fails_fast_with_one_line():
     with pytest.raises(tracking.TrackingError, match=r"http://127\.0\.0\.1:9 is unreachable"):
         tracking.check_reachable("http://127.0.0.1:9", timeout_s=2)
+
+
+def test_experiments_are_tagged_as_model_training_for_the_ui(tmp_path):
+    uri = tracking.resolve_tracking_uri(None, tmp_path)
+    tracking.start_run(uri, "fresh", "r", {})
+    old = tracking.client(uri).create_experiment("made-before")  # untagged: MLflow's UI opened it on GenAI traces
+    assert "mlflow.experimentKind" not in tracking.client(uri).get_experiment(old).tags
+    tracking.start_run(uri, "made-before", "r", {})
+    for name in ("fresh", "made-before"):
+        tags = tracking.client(uri).get_experiment_by_name(name).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
