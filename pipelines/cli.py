@@ -1,4 +1,4 @@
-"""The ``rayssl`` command: shard, pretrain, probe, tune, compare, preview, demo.
+"""The ``rayssl`` command: shard, pretrain, probe, tune, compare, export, preview, demo.
 
 User errors (bad path, bad image, bad config, unreachable tracking server) end in
 one line naming the thing and what to do, and a non-zero exit; ``RAYSSL_TRACEBACK=1``
@@ -202,6 +202,28 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import re
+    import tempfile
+
+    from pipelines import tracking
+    from pipelines.export import ExportError, export
+
+    source = args.source
+    with tempfile.TemporaryDirectory() as tmp:
+        if not Path(source).exists() and re.fullmatch(r"[0-9a-f]{32}", source):  # an MLflow run id
+            uri = tracking.resolve_tracking_uri(args.tracking_uri, args.runs_dir)
+            tracking.check_reachable(uri)
+            source = tracking.download_artifact(uri, args.source, "checkpoint/checkpoint.pt", tmp)
+        try:
+            out = export(source, args.format, args.out)
+        except ExportError as err:
+            print(f"rayssl: error: {err}", file=sys.stderr)
+            return 2
+    print(f"wrote {out} and {out.name}.json (architecture, channels, image size, normalization)")
+    return 0
+
+
 def cmd_preview(args) -> int:
     from pipelines.data import resolve_uri
     from pipelines.preview import preview
@@ -283,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in --runs-dir)")
     p.add_argument("--runs-dir", default="rayssl-runs", help="where the default SQLite store lives")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="a pretrained encoder as ONNX, a torch.export program or safetensors weights")
+    p.add_argument("source", help="a checkpoint (file or folder) or the MLflow run id of a pretraining run")
+    p.add_argument("--format", required=True, choices=["onnx", "torch-export", "state-dict"])
+    p.add_argument("--out", required=True, help="output file (.onnx, .pt2 or .safetensors is added when missing)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI, for a run id (default: sqlite in --runs-dir)")
+    p.add_argument("--runs-dir", default="rayssl-runs", help="where the default SQLite store lives")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("preview", help="a PNG grid of the views a config makes from a few real images")
     p.add_argument("--config", default=None, help="YAML config (see configs/)")
