@@ -137,6 +137,8 @@ class TrackingConfig(_Strict):
     experiment: str = "rayssl"
     run_name: str | None = None  # defaults to <method>-<timestamp>; rerunning a name that did not finish resumes it
     storage_path: str | None = None  # Ray checkpoints and Tune state: a folder or s3://...; None = runs_dir
+    # The encoder as an MLflow Model of each finished run (`encoder`: pytorch flavour, a torch.export program).
+    log_model: bool = True
 
 
 class Config(_Strict):

@@ -251,3 +251,32 @@ def ui_command(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         return f"mlflow ui --backend-store-uri {uri}"
     return f"open {uri} in a browser"
+
+
+def log_encoder_model(uri: str, run_id: str, model, example) -> str:
+    """Log ``model`` (an ``EmbeddingModel``) as the run's MLflow Model ``encoder``; returns its ``models:/`` URI.
+
+    Pytorch flavour saved as a ``torch.export`` program (``pt2``), so that ``mlflow.pyfunc.load_model``
+    needs torch and mlflow but not rayssl. The signature says uint8 images (batch, H, W, C) in and
+    float embeddings out; the input example is two real images; the requirements are pinned, not
+    inferred (inference imports the model in a subprocess: slow, and it would list rayssl).
+    """
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(uri)
+    with torch.no_grad():
+        embeddings = model(torch.from_numpy(example)).numpy()
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+    info = mlflow.pytorch.log_model(
+        model,
+        name="encoder",
+        run_id=run_id,
+        signature=infer_signature(example, embeddings),
+        input_example=example,
+        pip_requirements=requirements,
+        serialization_format="pt2",
+    )
+    return info.model_uri

@@ -27,7 +27,7 @@ from ray.train.torch import TorchTrainer
 import ssl_models
 from pipelines import tracking
 from pipelines.config import Config, ConfigError, with_recipe
-from pipelines.data import check_shards, decode_png_batch, read_manifest, resolve_uri, split_uri
+from pipelines.data import check_shards, decode_png_batch, load_images, read_manifest, resolve_uri, split_uri
 from pipelines.evaluate import (
     PROBES_SKIPPED,
     EpochKNN,
@@ -40,6 +40,7 @@ from pipelines.evaluate import (
 )
 from pipelines.failures import fail_fast_on_unfixable_errors, unfixable_errors_in_one_line
 from pipelines.faults import FaultInjector
+from ssl_models.embedding import EmbeddingModel
 from ssl_models.optim import build_optimizer, set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE
 from ssl_models.schedules import learning_rate, warmup_steps
@@ -535,7 +536,17 @@ def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str,
     metrics = run_probes(method, cfg)
     metrics["epochs"] = state["epoch"] + 1
     tracking.log_metrics(uri, run_id, metrics, step=state["epoch"] + 1)
+    if cfg.tracking.log_model:
+        log_encoder(method, cfg, uri, run_id)
     return metrics
+
+
+def log_encoder(method, cfg: Config, uri: str, run_id: str) -> str:
+    """The run's encoder as an MLflow Model: raw uint8 images in, embeddings out (``EmbeddingModel``)."""
+    example = load_images(cfg.data.shards, "train", 2)  # two real images: the input example and the export's trace
+    model_uri = tracking.log_encoder_model(uri, run_id, EmbeddingModel(method.encoder).eval(), example)
+    tracking.set_tag(uri, run_id, "rayssl.encoder_model", model_uri)
+    return model_uri
 
 
 def tag_skipped_probes(cfg: Config, uri: str, run_id: str) -> None:
