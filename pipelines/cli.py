@@ -11,6 +11,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def cmd_probe(args) -> int:
     from pipelines.evaluate import has_labels, load_checkpoint, method_from_checkpoint, probe_shards, run_probes
     from pipelines.report import format_table
 
-    state = load_checkpoint(args.checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        state = load_checkpoint(_checkpoint_source(args, tmp))
     method, cfg = method_from_checkpoint(state, args.data)
     if not has_labels(cfg):
         raise DataError(f"{probe_shards(cfg)}: no labeled images to probe with; give --data shards with class labels")
@@ -163,6 +165,7 @@ def cmd_tune(args) -> int:
         metric=args.metric,
         mode=args.mode,
         pbt_interval=args.pbt_interval,
+        register=args.register,
     )
     result = run_search(cfg, settings)
     searched = sorted({k for t in result.trials for k in t["params"]})
@@ -176,6 +179,8 @@ def cmd_tune(args) -> int:
     if result.best:
         key = result.best["selected_by"]
         print(f"best trial {result.best['trial_id']}: {key} {result.best['metrics'][key]:.4f}")
+    if result.registered:
+        print(f"best encoder registered as {result.registered} (rayssl export/probe take it)")
     print(f"MLflow experiment {result.experiment!r} in {result.tracking_uri}")
     print(f"compare the trials: rayssl compare --experiment {result.experiment}")
     return 0
@@ -202,19 +207,24 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    import re
-    import tempfile
-
+def _checkpoint_source(args, tmp: str) -> Path:
+    """``args.checkpoint`` as a local file: a path, an MLflow run id, or ``models:/NAME@ALIAS`` (downloaded to ``tmp``)."""
     from pipelines import tracking
+
+    source = args.checkpoint
+    if Path(source).exists() or not (source.startswith("models:/") or len(source) == 32):
+        return Path(source)
+    uri = tracking.resolve_tracking_uri(getattr(args, "tracking_uri", None), getattr(args, "runs_dir", "rayssl-runs"))
+    tracking.check_reachable(uri)
+    return tracking.checkpoint_source(uri, source, tmp)
+
+
+def cmd_export(args) -> int:
     from pipelines.export import ExportError, export
 
-    source = args.source
+    args.checkpoint = args.source
     with tempfile.TemporaryDirectory() as tmp:
-        if not Path(source).exists() and re.fullmatch(r"[0-9a-f]{32}", source):  # an MLflow run id
-            uri = tracking.resolve_tracking_uri(args.tracking_uri, args.runs_dir)
-            tracking.check_reachable(uri)
-            source = tracking.download_artifact(uri, args.source, "checkpoint/checkpoint.pt", tmp)
+        source = _checkpoint_source(args, tmp)
         try:
             out = export(source, args.format, args.out)
         except ExportError as err:
@@ -290,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=["max", "min"], default="max")
     p.add_argument("--pbt-interval", type=int, default=1, help="epochs between PBT exploit/explore steps")
+    p.add_argument(
+        "--register", default=None, metavar="NAME", help="Model Registry name of the best encoder, alias 'best' (default: --name)"
+    )
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("recipe", help="a method's training recipe (from its paper) and what it resolves to")
@@ -307,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="a pretrained encoder as ONNX, a torch.export program or safetensors weights")
-    p.add_argument("source", help="a checkpoint (file or folder) or the MLflow run id of a pretraining run")
+    p.add_argument("source", help="a checkpoint (file or folder), the MLflow run id of a pretraining run, or models:/NAME@best")
     p.add_argument("--format", required=True, choices=["onnx", "torch-export", "state-dict"])
     p.add_argument("--out", required=True, help="output file (.onnx, .pt2 or .safetensors is added when missing)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI, for a run id (default: sqlite in --runs-dir)")
@@ -322,8 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("probe", help="linear + kNN probes (and baselines) of a saved checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint folder (holding checkpoint.pt) or the file itself")
+    p.add_argument("checkpoint", help="a checkpoint folder or file, an MLflow run id, or models:/NAME@best")
     p.add_argument("--data", default=None, help="shards folder or URI (default: the one the run used)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI, for a run id or models:/ (default: sqlite)")
+    p.add_argument("--runs-dir", default="rayssl-runs", help="where the default SQLite store lives")
     p.add_argument(
         "--labels-per-class",
         type=int,

@@ -280,3 +280,47 @@ def log_encoder_model(uri: str, run_id: str, model, example) -> str:
         serialization_format="pt2",
     )
     return info.model_uri
+
+
+def register_encoder(uri: str, run_id: str, name: str, alias: str = "best") -> str | None:
+    """Register the run's logged encoder model under ``name`` with ``alias``; the version carries the run's
+    probe metrics as tags. Returns ``models:/NAME@ALIAS``, or None when the run logged no encoder."""
+    import mlflow
+
+    c = client(uri)
+    run = c.get_run(run_id)
+    model_uri = run.data.tags.get("rayssl.encoder_model")
+    if not model_uri:
+        return None
+    mlflow.set_tracking_uri(uri)
+    tags = {k: str(v) for k, v in run.data.metrics.items() if k.startswith(("probe/", "baseline/"))}
+    version = mlflow.register_model(model_uri, name, tags={**tags, "rayssl.run_id": run_id})
+    c.set_registered_model_alias(name, alias, version.version)
+    return f"models:/{name}@{alias}"
+
+
+def checkpoint_source(uri: str, source: str, dst: str | Path) -> Path:
+    """A local checkpoint for ``source``: a path as it is, else an MLflow run id or a registered model
+    (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), whose run's checkpoint artifact is downloaded."""
+    if Path(source).exists() or not (source.startswith("models:/") or _is_run_id(source)):
+        return Path(source)
+    from mlflow.exceptions import MlflowException
+
+    run_id = source
+    if source.startswith("models:/"):
+        name, _, ref = source.removeprefix("models:/").partition("@")
+        c = client(uri)
+        try:
+            if ref:
+                version = c.get_model_version_by_alias(name, ref)
+            else:
+                name, _, number = name.partition("/")
+                version = c.get_model_version(name, number)
+        except MlflowException as err:
+            raise TrackingError(f"{source}: no such registered model version in {uri} ({err.message.splitlines()[0]})") from None
+        run_id = version.run_id
+    return download_artifact(uri, run_id, "checkpoint/checkpoint.pt", dst)
+
+
+def _is_run_id(text: str) -> bool:
+    return len(text) == 32 and all(ch in "0123456789abcdef" for ch in text)

@@ -53,6 +53,7 @@ class SearchSettings:
     mode: str = "max"
     pbt_interval: int = 1  # epochs between PBT exploit/explore decisions
     seed: int | None = None  # fixes the sampled configs (random and Optuna search)
+    register: str | None = None  # Model Registry name for the best trial's encoder (alias "best"); None: the experiment
 
 
 @dataclass
@@ -63,6 +64,7 @@ class SearchResult:
     trials: list[dict[str, Any]]  # one per trial: trial_id, run_id, params, status, metrics
     best: dict[str, Any] | None  # the best trial, with "selected_by": the final metric that chose it
     selected_by: str = "probe/linear_top1"  # probe/rankme when the probe set has no labels
+    registered: str | None = None  # models:/NAME@best, the best trial's encoder in the Model Registry
 
 
 KNN_METRIC, RANKME_METRIC = "probe/epoch_knn_top1", "probe/epoch_rankme"
@@ -351,7 +353,10 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
             tracking.log_metrics(
                 uri, parent_run_id, {k.replace("probe/", "best/"): best["metrics"][k] for k in finals if k in best["metrics"]}
             )
-    return SearchResult(parent_run_id, uri, experiment, trials, best, selected_by)
+            registered = tracking.register_encoder(uri, best["run_id"], settings.register or experiment)
+            if registered:
+                tracking.set_tag(uri, parent_run_id, "rayssl.best_model", registered)
+    return SearchResult(parent_run_id, uri, experiment, trials, best, selected_by, registered if best else None)
 
 
 def summarize_trials(uri: str, experiment: str, parent_run_id: str) -> list[dict[str, Any]]:

@@ -63,3 +63,34 @@ def test_run_logs_its_encoder_as_an_mlflow_model_usable_without_rayssl(fmnist_sh
     with torch.no_grad():
         want = EmbeddingModel(method.encoder).eval()(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, rtol=1e-5, atol=1e-5)
+
+
+def test_best_encoder_registered_and_models_uri_accepted_where_checkpoints_are(fmnist_shards, tmp_path, capsys):
+    from pipelines.cli import main
+
+    cfg = build_config({}, [f"data.shards={fmnist_shards}", "method.name=simclr", "method.backbone=tiny_cnn"])
+    manifest = read_manifest(str(fmnist_shards))
+    uri = tracking.resolve_tracking_uri(None, tmp_path)
+    run_id = tracking.start_run(uri, "search", "trial", {})
+    torch.manual_seed(0)
+    method = build_method(cfg, manifest)
+    ckpt = tmp_path / "checkpoint.pt"
+    state = {"model": method.state_dict(), "config": cfg.model_dump(mode="json"), "epoch": 1}
+    torch.save({**state, "manifest": {k: manifest[k] for k in ("mode", "channels", "image_size", "classes")}}, ckpt)
+    tracking.log_artifact(uri, run_id, ckpt, "checkpoint")
+    tracking.log_metrics(uri, run_id, {"probe/linear_top1": 0.81, "probe/knn_top1": 0.75}, step=2)
+    assert tracking.register_encoder(uri, run_id, "fmnist-encoder") is None  # nothing logged yet: nothing to register
+    log_encoder(method, cfg, uri, run_id)
+
+    assert tracking.register_encoder(uri, run_id, "fmnist-encoder") == "models:/fmnist-encoder@best"
+    version = tracking.client(uri).get_model_version_by_alias("fmnist-encoder", "best")
+    assert version.tags["probe/linear_top1"] == "0.81" and version.tags["rayssl.run_id"] == run_id
+
+    local = tracking.checkpoint_source(uri, "models:/fmnist-encoder@best", tmp_path / "dl")
+    assert torch.load(local, weights_only=True)["epoch"] == 1
+    assert main(["export", "models:/fmnist-encoder@best", "--format", "state-dict", "--out", str(tmp_path / "w"),
+                 "--runs-dir", str(tmp_path)]) == 0  # fmt: skip
+    assert (tmp_path / "w.safetensors").is_file()
+    assert main(["export", "models:/no-such-model@best", "--format", "onnx", "--out", str(tmp_path / "x"),
+                 "--runs-dir", str(tmp_path)]) == 2  # fmt: skip
+    assert "models:/no-such-model@best: no such registered model version" in capsys.readouterr().err

@@ -121,6 +121,11 @@ def test_asha_grid_search_one_child_run_per_trial_and_compare(ray_session, fmnis
     assert parent.data.tags["rayssl.best_run_id"] == best.info.run_id
     assert parent.data.metrics["best/linear_top1"] == best.data.metrics["probe/linear_top1"]
     assert parent.data.params["scheduler"] == "asha" and parent.data.params["search"] == "grid"
+    # every trial logged its encoder as an MLflow Model; the best one is in the Model Registry as <experiment>@best
+    assert all(run.data.tags["rayssl.encoder_model"].startswith("models:/") for run in children)
+    assert result.registered == parent.data.tags["rayssl.best_model"] == "models:/asha-test@best"
+    version = tracking.client(result.tracking_uri).get_model_version_by_alias("asha-test", "best")
+    assert version.run_id == best.info.run_id and float(version.tags["probe/linear_top1"]) == best.data.metrics["probe/linear_top1"]
 
     table, plots = compare(result.tracking_uri, "asha-test", tmp_path / "compare")
     for run in children:
