@@ -1,4 +1,4 @@
-"""The ``rayssl`` command: shard, pretrain, probe, tune, compare, export, preview, demo.
+"""The ``rayssl`` command: shard, pretrain, probe, tune, compare, export, embed, preview, demo.
 
 User errors (bad path, bad image, bad config, unreachable tracking server) end in
 one line naming the thing and what to do, and a non-zero exit; ``RAYSSL_TRACEBACK=1``
@@ -234,6 +234,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from pipelines.embed import embed
+    from pipelines.train import ensure_ray
+
+    args.checkpoint = args.model
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _checkpoint_source(args, tmp)
+        ensure_ray()
+        result = embed(source, args.data, args.out, limit=args.limit, batch_size=args.batch_size, actors=args.actors)
+    print(f"wrote {result.rows:,} embeddings of {result.dim} floats to {result.out} (Parquet: id, label, split, embedding)")
+    return 0
+
+
 def cmd_preview(args) -> int:
     from pipelines.data import resolve_uri
     from pipelines.preview import preview
@@ -326,6 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI, for a run id (default: sqlite in --runs-dir)")
     p.add_argument("--runs-dir", default="rayssl-runs", help="where the default SQLite store lives")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("embed", help="embed an image set with a pretrained encoder (Ray Data batch inference) into Parquet")
+    p.add_argument("model", help="a checkpoint (file or folder), an MLflow run id, or models:/NAME@best")
+    p.add_argument("--data", required=True, help="shards (folder or URI) or a folder of images")
+    p.add_argument("--out", required=True, help="output folder or URI for the Parquet files")
+    p.add_argument("--limit", type=int, default=None, help="embed at most this many images")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--actors", type=int, default=2, help="encoder replicas (one GPU each when the cluster has GPUs)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI, for a run id or models:/ (default: sqlite)")
+    p.add_argument("--runs-dir", default="rayssl-runs", help="where the default SQLite store lives")
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("preview", help="a PNG grid of the views a config makes from a few real images")
     p.add_argument("--config", default=None, help="YAML config (see configs/)")

@@ -1,0 +1,97 @@
+"""``rayssl embed``: embed a whole image set with a pretrained encoder, as Ray Data batch inference.
+
+Reads shards (or shards an image folder first), decodes PNGs in Ray Data tasks, and runs the encoder
+in a pool of actors that each hold it once (``map_batches`` with a class): on GPUs when the cluster
+has them, one GPU per actor. Writes Parquet with ``id``, ``label`` (-1 when unlabeled), ``split`` and
+``embedding`` (a fixed-size list of float32, readable by pandas, pyarrow, DuckDB), streaming: memory
+stays flat whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+import torch
+
+from pipelines.data import DataError, decode_png_batch, read_manifest, resolve_uri, split_uri, write_shards
+from pipelines.export import embedding_model_from_checkpoint
+
+
+class EmbedBatch:
+    """A Ray Data actor: holds the encoder (an ``EmbeddingModel``) and embeds batches of PNG rows."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = model.to(self.device).eval()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        images = decode_png_batch({"image": batch["image"], "id": batch["id"]})["image"]
+        with torch.no_grad():
+            embeddings = self.model(torch.from_numpy(images).to(self.device)).float().cpu().numpy()
+        flat = pa.array(embeddings.reshape(-1), type=pa.float32())
+        return pa.table(
+            {
+                "id": pa.array(batch["id"], type=pa.string()),
+                "label": pa.array(batch["label"], type=pa.int64()),
+                "split": pa.array([Path(p).parent.name for p in batch["path"]], type=pa.string()),  # <shards>/<split>/x
+                "embedding": pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1]),
+            }
+        )
+
+
+@dataclass
+class EmbedResult:
+    out: str
+    rows: int
+    dim: int
+
+
+def as_shards(data: str, info: dict, tmp: str) -> str:
+    """``data`` when it holds shards; an image folder is sharded first, at the encoder's size and channels."""
+    if (Path(data) / "manifest.json").is_file() or "://" in data:
+        return data
+    if not Path(data).is_dir():
+        raise DataError(f"--data {data}: neither shards (no manifest.json) nor an image folder")
+    mode = "L" if info["in_channels"] == 1 else "RGB"
+    out = Path(tmp) / "shards"
+    print(f"sharding the image folder {data} at {info['image_size'][0]} px, {mode} (the encoder's input)")
+    write_shards(data, out, mode=mode, size=info["image_size"][0])
+    return str(out)
+
+
+def embed(
+    checkpoint: str | Path, data: str, out: str, limit: int | None = None, batch_size: int = 256, actors: int = 2
+) -> EmbedResult:
+    """Embed every image of ``data`` (train, then test) with the checkpoint's encoder into Parquet under ``out``."""
+    model, info = embedding_model_from_checkpoint(checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = as_shards(data, info, tmp)
+        manifest = read_manifest(shards)
+        if manifest["channels"] != info["in_channels"] or list(manifest["image_size"]) != info["image_size"]:
+            raise DataError(
+                f"--data {data}: {manifest['channels']}-channel {manifest['image_size']} images, but the encoder takes "
+                f"{info['in_channels']}-channel {info['image_size']}; shard them with --size/--mode to match"
+            )
+        ray.data.DataContext.get_current().enable_progress_bars = True  # one bar for the whole job
+        splits = [split_uri(shards, s) for s in ("train", "test") if manifest["splits"].get(s, {}).get("rows", 0)]
+        ds = ray.data.read_parquet(splits, include_paths=True).select_columns(["image", "label", "id", "path"])
+        if limit is not None:
+            ds = ds.limit(limit)
+        ds = ds.map_batches(
+            EmbedBatch,
+            fn_constructor_args=(model,),
+            batch_size=batch_size,
+            batch_format="numpy",
+            concurrency=actors,
+            num_gpus=1 if ray.cluster_resources().get("GPU", 0) else 0,
+        )
+        out_uri = resolve_uri(out)
+        ds.write_parquet(out_uri)
+    rows = ray.data.read_parquet(out_uri).count()
+    return EmbedResult(out_uri, rows, info["num_features"])
