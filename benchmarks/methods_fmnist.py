@@ -12,6 +12,10 @@ over the seeds with their spread (max - min), and the baselines measured in the 
 raw pixels and a random-init encoder of the same architecture, through the same probe.
 The last line reads `methods_fmnist worst_vs_pixels_points=X best_linear=Y best_knn=Z`:
 the lowest (mean linear - pixels) over the methods that ran, in points, and the best means.
+
+`--resume` reuses every FINISHED run of the experiment with the same method, seed and budget
+(an interrupted table continues where it stopped); `--report-only` trains nothing and tabulates
+the runs that exist.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from pathlib import Path
 import numpy as np
 
 import ssl_models
+from pipelines import tracking
 from pipelines.config import build_config, with_recipe
 from pipelines.data import read_manifest, write_shards
 from pipelines.report import format_table
 from pipelines.train import ensure_ray, pretrain
+
+EXPERIMENT = "methods-fmnist"
 
 HEADERS = [
     "method",
@@ -64,9 +71,24 @@ def method_config(name: str, seed: int, args) -> object:
             f"train.seed={seed}",
             f"probe.max_train_images={args.probe_images}",
             f"tracking.runs_dir={args.runs_dir}",
-            "tracking.experiment=methods-fmnist",
+            f"tracking.experiment={EXPERIMENT}",
         ],  # everything else from the method's recipe (CPU head sizes included)
     )
+
+
+def finished_run(uri: str, name: str, seed: int, args) -> dict | None:
+    """Metrics of the newest FINISHED run of this method, seed and budget, if the experiment has one."""
+    same = {
+        "method.name": name,
+        "train.seed": seed,
+        "train.epochs": args.epochs,
+        "data.max_train_images": args.train_images,
+        "probe.max_train_images": args.probe_images,
+    }
+    query = " and ".join(f"params.`{k}` = '{v}'" for k, v in same.items()) + " and attributes.status = 'FINISHED'"
+    runs = sorted(tracking.search_runs(uri, EXPERIMENT, query), key=lambda r: -r.info.start_time)
+    done = [r for r in runs if "probe/linear_top1" in r.data.metrics]
+    return dict(done[0].data.metrics) if done else None
 
 
 def recipe_summary(cfg) -> str:
@@ -86,12 +108,16 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--methods", default=",".join(ssl_models.list_methods()))
     parser.add_argument("--runs-dir", default="rayssl-runs")
+    parser.add_argument("--resume", action="store_true", help="reuse FINISHED runs of the same method, seed and budget")
+    parser.add_argument("--report-only", action="store_true", help="train nothing; tabulate the runs that exist")
     args = parser.parse_args()
+    uri = tracking.resolve_tracking_uri(None, args.runs_dir)
     if not (Path(args.shards) / "manifest.json").is_file():
         write_shards("fashion-mnist", args.shards)
     channels = read_manifest(args.shards)["channels"]
     seeds = [int(s) for s in args.seeds.split(",")]
-    ensure_ray()
+    if not args.report_only:
+        ensure_ray()
     rows, means = [], {}
     for name in args.methods.split(","):
         if ssl_models.method_class(name).requires_rgb and channels != 3:
@@ -100,6 +126,15 @@ def main() -> None:
         runs, wall, failure = [], [], None
         for seed in seeds:
             cfg = method_config(name, seed, args)
+            earlier = finished_run(uri, name, seed, args) if args.resume or args.report_only else None
+            if earlier is not None:
+                runs.append(earlier)
+                wall.append(earlier.get("wall_s", float("nan")))
+                print(f"{name} seed {seed}: reusing the finished run", flush=True)
+                continue
+            if args.report_only:
+                failure = f"not run (seed {seed})"
+                break
             t0 = time.perf_counter()
             try:
                 runs.append(pretrain(cfg).metrics)
