@@ -16,7 +16,7 @@ from torch import nn
 
 import ssl_models
 from pipelines.config import Config, ConfigError, ProbeConfig
-from pipelines.data import check_shards, labeled_rows, load_images, load_labeled, read_manifest, resolve_uri
+from pipelines.data import DataError, check_shards, labeled_rows, load_images, load_labeled, read_manifest, resolve_uri
 from pipelines.shared_work import cache_dir, digest, shared_arrays, shared_metrics, weights_digest
 from ssl_models.probes import knn_top1, linear_probe_top1, rankme
 from ssl_models.views import model_input
@@ -278,7 +278,14 @@ def load_checkpoint(path: str | Path) -> dict:
         p = p / "checkpoint.pt"
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no rayssl checkpoint here; give a checkpoint folder from a pretraining run")
-    return torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  truncated, foreign or not a torch file: one line, not a traceback
+        reason = f"not a readable rayssl checkpoint ({type(err).__name__})"
+        raise DataError(f"{p}: {reason}; give a checkpoint.pt from a pretraining run") from None
+    if not isinstance(state, dict) or not {"model", "config", "manifest"} <= set(state):
+        raise DataError(f"{p}: a torch file but not a rayssl checkpoint (no model, config, manifest); give one from a run")
+    return state
 
 
 def method_from_checkpoint(state: dict, shards: str | None = None) -> tuple[nn.Module, Config]:

@@ -95,3 +95,17 @@ def test_export_cli(tmp_path, fmnist_shards, capsys):
     assert (tmp_path / "w.safetensors").is_file() and "w.safetensors.json" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing"), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
     assert "no rayssl checkpoint here" in capsys.readouterr().err
+
+
+def test_truncated_or_foreign_files_fail_in_one_line_naming_them(tmp_path, fmnist_shards, capsys):
+    ckpt = _checkpoint(tmp_path, fmnist_shards, "tiny_cnn")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:1000])
+    foreign = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(3)}, foreign)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    for path in (truncated, foreign, text):
+        assert main(["export", str(path), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"rayssl: error: {path}:") and "checkpoint" in err[0]
