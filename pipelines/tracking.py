@@ -324,3 +324,32 @@ def checkpoint_source(uri: str, source: str, dst: str | Path) -> Path:
 
 def _is_run_id(text: str) -> bool:
     return len(text) == 32 and all(ch in "0123456789abcdef" for ch in text)
+
+
+def log_dataset_inputs(uri: str, run_id: str, shards: str, manifest: dict, context: str = "train") -> None:
+    """Record a shard set as the run's MLflow dataset input (the UI's Dataset column): one entry per split
+    with rows, under the source URI, a digest of the manifest and the context (``train`` pretraining data,
+    ``probe`` a separate labeled set)."""
+    import hashlib
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    source_type = shards.split("://", 1)[0] if "://" in shards else "local"
+    inputs = []
+    for split, summary in manifest.get("splits", {}).items():
+        if not summary.get("rows"):
+            continue
+        dataset = Dataset(
+            name=f"{Path(shards.rstrip('/')).name}/{split}",
+            digest=digest,
+            source_type=source_type,
+            source=json.dumps({"uri": f"{shards.rstrip('/')}/{split}"}),
+            schema=json.dumps({"image": "PNG bytes", "label": "int64 (-1: unlabeled)", "id": "string"}),
+            profile=json.dumps({"num_rows": summary["rows"], "labeled": summary.get("labeled", 0)}),
+        )
+        tags = [InputTag("mlflow.data.context", context if context != "train" else ("train" if split == "train" else "eval"))]
+        inputs.append(DatasetInput(dataset, tags))
+    if inputs:
+        client(uri).log_inputs(run_id, datasets=inputs)

@@ -500,10 +500,14 @@ def fit(
 
 
 def log_config(cfg: Config, uri: str, run_id: str) -> None:
+    """The resolved config as an artifact, and the shards (and a separate probe set) as the run's dataset inputs."""
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "config.yaml"
         config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         tracking.log_artifact(uri, run_id, config_file)
+    tracking.log_dataset_inputs(uri, run_id, cfg.data.shards, read_manifest(cfg.data.shards))
+    if cfg.probe.shards and cfg.probe.shards != cfg.data.shards:
+        tracking.log_dataset_inputs(uri, run_id, cfg.probe.shards, read_manifest(cfg.probe.shards), context="probe")
 
 
 def fit_and_probe(

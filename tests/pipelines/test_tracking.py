@@ -1,6 +1,7 @@
 """The MLflow side against a real SQLite store: default location, params, metrics and end states."""
 
 import contextlib
+import json
 
 import pytest
 
@@ -69,3 +70,24 @@ def test_experiments_are_tagged_as_model_training_for_the_ui(tmp_path):
     for name in ("fresh", "made-before"):
         tags = tracking.client(uri).get_experiment_by_name(name).tags
         assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_shards_are_recorded_as_the_runs_dataset_inputs(fmnist_shards, tmp_path):
+    from pipelines.config import build_config
+    from pipelines.data import read_manifest
+    from pipelines.train import log_config
+
+    uri = tracking.resolve_tracking_uri(None, tmp_path)
+    run_id = tracking.start_run(uri, "inputs", "r", {})
+    cfg = build_config({}, [f"data.shards={fmnist_shards}"])
+    log_config(cfg, uri, run_id)
+    inputs = tracking.get_run(uri, run_id).inputs.dataset_inputs
+    manifest = read_manifest(str(fmnist_shards))
+    by_name = {i.dataset.name: i for i in inputs}
+    assert set(by_name) == {"shards/train", "shards/test"}
+    for split in ("train", "test"):
+        entry = by_name[f"shards/{split}"]
+        assert json.loads(entry.dataset.profile)["num_rows"] == manifest["splits"][split]["rows"]
+        assert json.loads(entry.dataset.source)["uri"].endswith(f"/{split}")
+        assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == ("train" if split == "train" else "eval")
+    assert len({i.dataset.digest for i in inputs}) == 1  # one manifest, one digest
