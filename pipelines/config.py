@@ -56,6 +56,9 @@ class MethodConfig(_Strict):
     projection_dim: int | None = Field(None, ge=1)  # output size of the projection head
     hidden_dim: int | None = Field(None, ge=1)  # hidden size of the projection head
     kwargs: dict[str, Any] = {}  # further method-specific arguments passed to create_method
+    # Start the encoder from these weights (heads start fresh): a rayssl checkpoint, an MLflow run id,
+    # models:/NAME@ALIAS, or a state dict of the same backbone (.pt/.pth/.safetensors, e.g. torchvision's).
+    init_from: str | None = None
 
     @field_validator("name")
     @classmethod

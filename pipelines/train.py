@@ -40,6 +40,7 @@ from pipelines.evaluate import (
 )
 from pipelines.failures import fail_fast_on_unfixable_errors, unfixable_errors_in_one_line
 from pipelines.faults import FaultInjector
+from pipelines.init_from import check_init_from, init_encoder
 from ssl_models.embedding import EmbeddingModel
 from ssl_models.optim import build_optimizer, set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE
@@ -230,6 +231,8 @@ def _train_loop(loop_config: dict) -> dict | None:
     device = ray.train.torch.get_device()
 
     method = build_method(cfg, manifest)
+    if cfg.method.init_from and ray.train.get_checkpoint() is None and not loop_config.get("init_checkpoint"):
+        init_encoder(method.encoder, cfg)  # a fresh run from existing weights; a restart continues its own checkpoint
     if cfg.train.sync_batchnorm and world > 1:  # before the optimizer takes the parameters; names stay the same
         method = convert_sync_batchnorm(method, cuda=cfg.train.use_gpu)
     optimizer = build_method_optimizer(cfg, method)
@@ -350,9 +353,10 @@ def validate(cfg: Config) -> dict:
     if cfg.data.crop_size is not None and cfg.data.crop_size > size:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than the {size} px images; use at most {size}")
     try:
-        build_method(with_recipe(cfg)[0], manifest)  # with the recipe's head sizes, as it will train
+        method = build_method(with_recipe(cfg)[0], manifest)  # with the recipe's head sizes, as it will train
     except (TypeError, ValueError) as err:
         raise ConfigError(f"method: {err}") from None
+    check_init_from(cfg, method)
     check_probe_set(cfg, manifest)
     fixed = ssl_models.method_class(cfg.method.name).view_kwargs
     if fixed:
