@@ -15,7 +15,7 @@ the lowest (mean linear - pixels) over the methods that ran, in points, and the 
 
 `--resume` reuses every FINISHED run of the experiment with the same method, seed and budget
 (an interrupted table continues where it stopped); `--report-only` trains nothing and tabulates
-the runs that exist.
+the runs that exist (the seeds column says how many each row averages).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ HEADERS = [
     "vs random init (pts)",
     "images/s",
     "wall s / seed",
+    "seeds",
 ]
 
 
@@ -133,8 +134,7 @@ def main() -> None:
                 print(f"{name} seed {seed}: reusing the finished run", flush=True)
                 continue
             if args.report_only:
-                failure = f"not run (seed {seed})"
-                break
+                continue  # tabulate the seeds that ran; the seeds column says how many
             t0 = time.perf_counter()
             try:
                 runs.append(pretrain(cfg).metrics)
@@ -143,8 +143,8 @@ def main() -> None:
                 break
             wall.append(time.perf_counter() - t0)
             print(f"{name} seed {seed}: linear {runs[-1]['probe/linear_top1']:.4f}", flush=True)
-        if failure:
-            rows.append([name, failure, *[""] * (len(HEADERS) - 2)])
+        if failure or not runs:
+            rows.append([name, failure or "not run", *[""] * (len(HEADERS) - 2)])
             continue
 
         linear, knn = column(runs, "probe/linear_top1"), column(runs, "probe/knn_top1")
@@ -162,6 +162,7 @@ def main() -> None:
                 f"{100 * (np.mean(linear) - np.mean(random_init)):+.1f}",
                 f"{np.mean(column(runs, 'train/images_per_s')):.0f}",
                 f"{np.mean(wall):.0f}",
+                str(len(runs)),
             ]
         )
     rows.sort(key=lambda r: -float(r[2].split()[0]) if r[2] else 1.0)
