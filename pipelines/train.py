@@ -434,11 +434,11 @@ def ensure_ray(resources: dict | None = None) -> None:
     """
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", ray_log_level())  # the driver's own Ray Data logger
-        ray.init(
-            resources=None if cluster_address() else resources,
-            log_to_driver=True,
-            runtime_env={"env_vars": {"RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}},
-        )
+        if cluster_address():  # a job on a cluster keeps the runtime env it was submitted with
+            ray.init(log_to_driver=True)
+        else:
+            env = {"env_vars": {"RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
+            ray.init(resources=resources, log_to_driver=True, runtime_env=env)
 
 
 def say(line: str) -> None:
