@@ -266,20 +266,40 @@ def log_encoder_model(uri: str, run_id: str, model, example) -> str:
     import torch
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(uri)
     with torch.no_grad():
         embeddings = model(torch.from_numpy(example)).numpy()
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
-    info = mlflow.pytorch.log_model(
-        model,
-        name="encoder",
-        run_id=run_id,
-        signature=infer_signature(example, embeddings),
-        input_example=example,
-        pip_requirements=requirements,
-        serialization_format="pt2",
-    )
+    with _fluent_uri(uri):  # log_model only takes the URI from MLflow's global state
+        info = mlflow.pytorch.log_model(
+            model,
+            name="encoder",
+            run_id=run_id,
+            signature=infer_signature(example, embeddings),
+            input_example=example,
+            pip_requirements=requirements,
+            serialization_format="pt2",
+        )
     return info.model_uri
+
+
+@contextmanager
+def _fluent_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` for the block, then put back, with MLFLOW_TRACKING_URI.
+
+    ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI, so a bare call would make every later
+    ``resolve_tracking_uri`` in the process (the next run, ``rayssl compare``) use this store.
+    """
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
 def register_encoder(uri: str, run_id: str, name: str, alias: str = "best") -> str | None:
@@ -292,9 +312,9 @@ def register_encoder(uri: str, run_id: str, name: str, alias: str = "best") -> s
     model_uri = run.data.tags.get("rayssl.encoder_model")
     if not model_uri:
         return None
-    mlflow.set_tracking_uri(uri)
     tags = {k: str(v) for k, v in run.data.metrics.items() if k.startswith(("probe/", "baseline/"))}
-    version = mlflow.register_model(model_uri, name, tags={**tags, "rayssl.run_id": run_id})
+    with _fluent_uri(uri):
+        version = mlflow.register_model(model_uri, name, tags={**tags, "rayssl.run_id": run_id})
     c.set_registered_model_alias(name, alias, version.version)
     return f"models:/{name}@{alias}"
 

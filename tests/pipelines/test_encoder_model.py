@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,8 +45,10 @@ def test_run_logs_its_encoder_as_an_mlflow_model_usable_without_rayssl(fmnist_sh
     run_id = tracking.start_run(uri, "models", "r", {})
     torch.manual_seed(0)
     method = build_method(cfg, read_manifest(str(fmnist_shards)))
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     model_uri = log_encoder(method, cfg, uri, run_id)
     assert model_uri.startswith("models:/")
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before  # MLflow's global URI does not leak into later runs
     assert tracking.get_run(uri, run_id).data.tags["rayssl.encoder_model"] == model_uri
 
     images = load_images(str(fmnist_shards), "test", 5)  # another batch size than the input example (2)
