@@ -269,7 +269,8 @@ def log_encoder_model(uri: str, run_id: str, model, example) -> str:
     with torch.no_grad():
         embeddings = model(torch.from_numpy(example)).numpy()
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
-    with _fluent_uri(uri):  # log_model only takes the URI from MLflow's global state
+    experiment = client(uri).get_run(run_id).info.experiment_id
+    with _fluent_uri(uri, experiment):  # log_model takes the store and experiment only from MLflow's global state
         info = mlflow.pytorch.log_model(
             model,
             name="encoder",
@@ -283,23 +284,28 @@ def log_encoder_model(uri: str, run_id: str, model, example) -> str:
 
 
 @contextmanager
-def _fluent_uri(uri: str) -> Iterator[None]:
-    """MLflow's global tracking URI set to ``uri`` for the block, then put back, with MLFLOW_TRACKING_URI.
+def _fluent_uri(uri: str, experiment_id: str | None = None) -> Iterator[None]:
+    """MLflow's global tracking URI (and experiment) set for the block, then put back with their variables.
 
     ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI, so a bare call would make every later
-    ``resolve_tracking_uri`` in the process (the next run, ``rayssl compare``) use this store.
+    ``resolve_tracking_uri`` in the process (the next run, ``rayssl compare``) use this store. And
+    ``log_model(run_id=...)`` files the model under the *active* experiment, not the run's: without
+    MLFLOW_EXPERIMENT_ID it went to experiment 0, with its artifacts in ./mlruns of the working folder.
     """
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
     try:
+        if experiment_id is not None:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
         with _use_tracking_uri(uri):
             yield
     finally:
-        if env_before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env_before
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def register_encoder(uri: str, run_id: str, name: str, alias: str = "best") -> str | None:

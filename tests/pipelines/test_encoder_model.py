@@ -49,6 +49,10 @@ def test_run_logs_its_encoder_as_an_mlflow_model_usable_without_rayssl(fmnist_sh
     model_uri = log_encoder(method, cfg, uri, run_id)
     assert model_uri.startswith("models:/")
     assert os.environ.get("MLFLOW_TRACKING_URI") == env_before  # MLflow's global URI does not leak into later runs
+    c = tracking.client(uri)
+    logged = c.get_logged_model(model_uri.removeprefix("models:/"))
+    assert logged.experiment_id == c.get_run(run_id).info.experiment_id  # the run's experiment, not experiment 0
+    assert str(tmp_path) in logged.artifact_location  # beside the store, not in ./mlruns
     assert tracking.get_run(uri, run_id).data.tags["rayssl.encoder_model"] == model_uri
 
     images = load_images(str(fmnist_shards), "test", 5)  # another batch size than the input example (2)
