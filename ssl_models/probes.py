@@ -38,7 +38,9 @@ def linear_probe_top1(
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     xtr, xte = (train_x - mean) / std, (test_x.to(device) - mean) / std
     ytr = _labels(train_y, device)
-    clf = nn.Linear(xtr.shape[1], num_classes).to(device)
+    with torch.random.fork_rng(devices=[]):  # the same initial classifier whatever the caller's RNG state:
+        torch.manual_seed(seed)  # a baseline computed by either of two concurrent trials gives one number
+        clf = nn.Linear(xtr.shape[1], num_classes).to(device)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
     # Small labeled sets still get enough steps to converge (at least ``min_steps``).
     epochs = max(epochs, math.ceil(min_steps / math.ceil(len(xtr) / batch_size)))

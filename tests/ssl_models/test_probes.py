@@ -70,3 +70,13 @@ def test_probes_on_the_gpu_match_the_cpu():
     cpu_linear = linear_probe_top1(train_x, train_y, test_x, test_y, 3, epochs=5)
     assert abs(linear_probe_top1(train_x.cuda(), train_y, test_x.cuda(), test_y, 3, epochs=5) - cpu_linear) <= 0.02
     assert rankme(train_x.cuda()) == pytest.approx(rankme(train_x), rel=1e-6)
+
+
+def test_linear_probe_does_not_depend_on_the_global_rng():
+    train_x, train_y = _blobs(spread=2.5, seed=6)
+    test_x, test_y = _blobs(n_per_class=20, spread=2.5, seed=7)
+    results = set()
+    for global_seed in (0, 1, 2):
+        torch.manual_seed(global_seed)  # what a trial's training left behind
+        results.add(linear_probe_top1(train_x, train_y, test_x, test_y, 3, epochs=2))
+    assert len(results) == 1
