@@ -212,7 +212,7 @@ def _checkpoint_source(args, tmp: str) -> Path:
     from pipelines import tracking
 
     source = args.checkpoint
-    if Path(source).exists() or not (source.startswith("models:/") or len(source) == 32):
+    if not tracking.is_remote_checkpoint(source):
         return Path(source)
     uri = tracking.resolve_tracking_uri(getattr(args, "tracking_uri", None), getattr(args, "runs_dir", "rayssl-runs"))
     tracking.check_reachable(uri)

@@ -17,28 +17,22 @@ from torch import nn
 from pipelines import tracking
 from pipelines.config import Config, ConfigError
 from pipelines.data import DataError
-from pipelines.evaluate import load_checkpoint
 from ssl_models.backbones import TorchvisionResNet
 
 
-def _is_remote(source: str) -> bool:
-    return source.startswith("models:/") or (len(source) == 32 and not Path(source).exists())
-
-
 def encoder_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Encoder weights from a rayssl checkpoint or a plain state dict (keys as the file has them)."""
+    """Encoder weights from a rayssl checkpoint (file or folder) or a plain state dict (keys as the file has them)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    if path.is_dir() or (path.suffix == ".pt" and path.name == "checkpoint.pt"):
-        state = load_checkpoint(path)
-        return {k.removeprefix("encoder."): v for k, v in state["model"].items() if k.startswith("encoder.")}
+    if path.is_dir():
+        path = path / "checkpoint.pt"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  one line naming the file
         raise DataError(f"method.init_from {path}: not a readable state dict ({type(err).__name__})") from None
-    if isinstance(state, dict) and {"model", "config", "manifest"} <= set(state):  # a renamed rayssl checkpoint
+    if isinstance(state, dict) and {"model", "config", "manifest"} <= set(state):  # a rayssl checkpoint
         return {k.removeprefix("encoder."): v for k, v in state["model"].items() if k.startswith("encoder.")}
     if isinstance(state, dict) and "state_dict" in state:  # common training-script wrapper
         state = state["state_dict"]
@@ -74,7 +68,7 @@ def load_encoder_weights(encoder: nn.Module, path: Path, source: str | None = No
 def init_encoder(encoder: nn.Module, cfg: Config) -> None:
     """Load ``cfg.method.init_from`` into ``encoder`` (downloading a run's or a registered model's checkpoint)."""
     source = cfg.method.init_from
-    if not _is_remote(source):
+    if not tracking.is_remote_checkpoint(source):
         load_encoder_weights(encoder, Path(source), source)
         return
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)
@@ -87,7 +81,7 @@ def check_init_from(cfg: Config, method: nn.Module) -> None:
     source = cfg.method.init_from
     if source is None:
         return
-    if not _is_remote(source):
+    if not tracking.is_remote_checkpoint(source):
         path = Path(source).expanduser()
         if not path.exists():
             raise ConfigError(f"method.init_from {source}: no such file or folder")

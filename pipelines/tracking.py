@@ -328,7 +328,7 @@ def register_encoder(uri: str, run_id: str, name: str, alias: str = "best") -> s
 def checkpoint_source(uri: str, source: str, dst: str | Path) -> Path:
     """A local checkpoint for ``source``: a path as it is, else an MLflow run id or a registered model
     (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), whose run's checkpoint artifact is downloaded."""
-    if Path(source).exists() or not (source.startswith("models:/") or _is_run_id(source)):
+    if not is_remote_checkpoint(source):
         return Path(source)
     from mlflow.exceptions import MlflowException
 
@@ -348,8 +348,11 @@ def checkpoint_source(uri: str, source: str, dst: str | Path) -> Path:
     return download_artifact(uri, run_id, "checkpoint/checkpoint.pt", dst)
 
 
-def _is_run_id(text: str) -> bool:
-    return len(text) == 32 and all(ch in "0123456789abcdef" for ch in text)
+def is_remote_checkpoint(source: str) -> bool:
+    """True for a registered model (``models:/...``) or an MLflow run id that is not also a local path."""
+    if Path(source).exists():
+        return False
+    return source.startswith("models:/") or (len(source) == 32 and all(ch in "0123456789abcdef" for ch in source))
 
 
 def log_dataset_inputs(uri: str, run_id: str, shards: str, manifest: dict, context: str = "train") -> None:
