@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder or URI for the Parquet files")
     p.add_argument("--limit", type=int, default=None, help="embed at most this many images")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--actors", type=int, default=2, help="encoder replicas (one GPU each when the cluster has GPUs)")
+    p.add_argument("--actors", type=int, default=None, help="encoder replicas (default: one per GPU, else CPUs - 1; never more)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI, for a run id or models:/ (default: sqlite)")
     p.add_argument("--runs-dir", default="rayssl-runs", help="where the default SQLite store lives")
     p.set_defaults(func=cmd_embed)

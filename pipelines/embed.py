@@ -65,8 +65,15 @@ def as_shards(data: str, info: dict, tmp: str) -> str:
     return str(out)
 
 
+def encoder_replicas(asked: int | None, gpus: int, cpus: int) -> int:
+    """How many encoder actors: one per GPU, else one CPU fewer than the cluster has. Each CPU actor holds a CPU
+    for the whole job, and the read and decode tasks need one too: 2 actors on 2 CPUs waited forever."""
+    most = gpus if gpus else max(1, cpus - 1)
+    return min(asked, most) if asked else most
+
+
 def embed(
-    checkpoint: str | Path, data: str, out: str, limit: int | None = None, batch_size: int = 256, actors: int = 2
+    checkpoint: str | Path, data: str, out: str, limit: int | None = None, batch_size: int = 256, actors: int | None = None
 ) -> EmbedResult:
     """Embed every image of ``data`` (train, then test) with the checkpoint's encoder into Parquet under ``out``."""
     model, info = embedding_model_from_checkpoint(checkpoint)
@@ -83,13 +90,15 @@ def embed(
         ds = ray.data.read_parquet(splits, include_paths=True).select_columns(["image", "label", "id", "path"])
         if limit is not None:
             ds = ds.limit(limit)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        actors = encoder_replicas(actors, gpus, int(ray.cluster_resources().get("CPU", 1)))
         ds = ds.map_batches(
             EmbedBatch,
             fn_constructor_args=(model,),
             batch_size=batch_size,
             batch_format="numpy",
             concurrency=actors,
-            num_gpus=1 if ray.cluster_resources().get("GPU", 0) else 0,
+            num_gpus=1 if gpus else 0,
         )
         out_uri = resolve_uri(out)
         ds.write_parquet(out_uri)

@@ -42,3 +42,11 @@ def test_embed_an_image_folder_shards_it_at_the_encoders_size(ray_session, fmnis
     assert main(["embed", str(ckpt), "--data", str(unlabeled_photos), "--out", str(out), "--actors", "1"]) == 0
     table = pads.dataset(str(out), format="parquet").to_table()
     assert table.num_rows > 0 and set(table.column("label").to_pylist()) == {-1}  # unlabeled
+
+
+def test_encoder_replicas_leave_a_cpu_for_reading():
+    from pipelines.embed import encoder_replicas
+
+    assert encoder_replicas(None, gpus=0, cpus=2) == 1  # 2 actors on 2 CPUs left no CPU to read with: a hang
+    assert encoder_replicas(4, gpus=0, cpus=2) == 1
+    assert encoder_replicas(None, gpus=4, cpus=32) == 4 and encoder_replicas(2, gpus=4, cpus=32) == 2
