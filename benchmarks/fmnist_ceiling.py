@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.build import build_method, build_method_optimizer, view_policy
 from pipelines.config import build_config, with_recipe
 from pipelines.data import load_labeled, read_manifest
-from pipelines.evaluate import build_method, extract_features
-from pipelines.train import build_method_optimizer, view_policy
+from pipelines.evaluate import extract_features
 from ssl_models.backbones import SmallCNN, register_backbone
 from ssl_models.optim import set_learning_rate
 from ssl_models.probes import knn_top1, linear_probe_top1, rankme

@@ -22,9 +22,10 @@ import ray
 import torch
 from PIL import Image
 
+from pipelines.build import view_policy
 from pipelines.config import build_config
 from pipelines.data import read_manifest, split_uri
-from pipelines.train import build_pretrain_dataset, view_policy
+from pipelines.stream import build_pretrain_dataset
 
 
 class ShardImages(torch.utils.data.Dataset):

@@ -28,10 +28,11 @@ import numpy as np
 
 import ssl_models
 from pipelines import tracking
+from pipelines.cluster import ensure_ray
 from pipelines.config import build_config, with_recipe
 from pipelines.data import read_manifest, write_shards
 from pipelines.report import format_table
-from pipelines.train import ensure_ray, pretrain
+from pipelines.train import pretrain
 
 EXPERIMENT = "methods-fmnist"
 

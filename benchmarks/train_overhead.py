@@ -32,10 +32,10 @@ import torch.multiprocessing as mp
 from procs import RaySampler, cpu_seconds, ray_processes
 
 from pipelines import tracking
+from pipelines.build import build_method, build_method_optimizer, view_policy
 from pipelines.config import Config, build_config, with_recipe
 from pipelines.data import load_labeled, read_manifest
-from pipelines.evaluate import build_method
-from pipelines.train import build_method_optimizer, fit, view_policy
+from pipelines.train import fit
 from ssl_models.optim import set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE
 from ssl_models.schedules import learning_rate, warmup_steps

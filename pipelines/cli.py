@@ -74,11 +74,13 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from pipelines.evaluate import has_labels, load_checkpoint, method_from_checkpoint, probe_shards, run_probes
+    from pipelines import checkpoint
+    from pipelines.build import method_from_checkpoint
+    from pipelines.evaluate import has_labels, probe_shards, run_probes
     from pipelines.report import format_table
 
     with tempfile.TemporaryDirectory() as tmp:
-        state = load_checkpoint(_checkpoint_source(args, tmp))
+        state = checkpoint.load(_checkpoint_source(args, tmp))
     method, cfg = method_from_checkpoint(state, args.data)
     if not has_labels(cfg):
         raise DataError(f"{probe_shards(cfg)}: no labeled images to probe with; give --data shards with class labels")
@@ -235,8 +237,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from pipelines.cluster import ensure_ray
     from pipelines.embed import embed
-    from pipelines.train import ensure_ray
 
     args.checkpoint = args.model
     with tempfile.TemporaryDirectory() as tmp:

@@ -236,16 +236,18 @@ def plot_embedding(features: torch.Tensor, labels: np.ndarray, title: str, out: 
 
 def best_run_embedding(uri: str, best: RunRow, out: Path, max_images: int = 2000) -> Path | None:
     """Download the best run's checkpoint from MLflow and plot its test-set embedding."""
+    from pipelines import checkpoint
+    from pipelines.build import method_from_checkpoint
     from pipelines.data import DataError, load_labeled, read_manifest
-    from pipelines.evaluate import extract_features, load_checkpoint, method_from_checkpoint, probe_shards
+    from pipelines.evaluate import extract_features, probe_shards
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = tracking.download_artifact(uri, best.run_id, "checkpoint/checkpoint.pt", tmp)
+            path = tracking.download_artifact(uri, best.run_id, checkpoint.ARTIFACT_PATH, tmp)
         except Exception as err:  # noqa: BLE001  (no checkpoint logged: say so, keep the rest)
             print(f"no embedding plot: run {best.run_id} has no checkpoint artifact ({err})")
             return None
-        state = load_checkpoint(path)
+        state = checkpoint.load(path)
     method, cfg = method_from_checkpoint(state)
     shards = probe_shards(cfg)
     try:

@@ -6,17 +6,15 @@ call ``probe_checkpoint``/``run_probes``.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-import ssl_models
+from pipelines.build import build_method
 from pipelines.config import Config, ConfigError, ProbeConfig
-from pipelines.data import DataError, check_shards, labeled_rows, load_images, load_labeled, read_manifest, resolve_uri
+from pipelines.data import check_shards, labeled_rows, load_images, load_labeled, read_manifest, resolve_uri
 from pipelines.shared_work import cache_dir, digest, shared_arrays, shared_metrics, weights_digest
 from ssl_models.probes import knn_top1, linear_probe_top1, rankme
 from ssl_models.views import model_input
@@ -168,37 +166,6 @@ class EpochRankMe:
         return rankme(extract_features(encoder, self.images, device=device))
 
 
-def method_parameters(name: str) -> set[str]:
-    return set(inspect.signature(ssl_models.method_class(name)).parameters)
-
-
-def shared_method_fields(cfg: Config) -> dict:
-    """The shared ``method`` fields the config sets (None means: the method's own default)."""
-    m = cfg.method
-    shared = {"temperature": m.temperature, "projection_dim": m.projection_dim, "hidden_dim": m.hidden_dim}
-    return {k: v for k, v in shared.items() if v is not None}
-
-
-def ignored_method_fields(cfg: Config) -> list[str]:
-    """Shared fields set in the config that this method has no use for (e.g. a temperature for BYOL)."""
-    return [f"method.{k}" for k in shared_method_fields(cfg) if k not in method_parameters(cfg.method.name)]
-
-
-def build_method(cfg: Config, manifest: dict) -> nn.Module:
-    """The configured method for images of the shards' channels and size.
-
-    The shared ``method`` fields (temperature, projection sizes) go to the methods
-    whose constructor takes them; ``method.kwargs`` go as given, so a misspelt one fails.
-    """
-    m = cfg.method
-    kwargs = {k: v for k, v in shared_method_fields(cfg).items() if k in method_parameters(m.name)}
-    kwargs.update(m.kwargs)
-    image_size = cfg.data.crop_size or manifest["image_size"][0]
-    return ssl_models.create_method(
-        m.name, backbone=m.backbone, in_channels=manifest["channels"], image_size=image_size, **kwargs
-    )
-
-
 def run_probes(method: nn.Module, cfg: Config, splits: LabeledSplits | None = None, device: str = "cpu") -> dict[str, float]:
     """Probe metrics of a pretrained method plus, if configured, both baselines of the same architecture.
 
@@ -269,30 +236,3 @@ def shared_splits(cfg: Config, cache, data_key: str) -> LabeledSplits:
         lambda: vars(load_splits(probe_shards(cfg), cfg.probe)),
     )
     return LabeledSplits(**arrays)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A rayssl checkpoint (a ``checkpoint.pt`` file or the folder holding it), loaded safely."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoint.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no rayssl checkpoint here; give a checkpoint folder from a pretraining run")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  truncated, foreign or not a torch file: one line, not a traceback
-        reason = f"not a readable rayssl checkpoint ({type(err).__name__})"
-        raise DataError(f"{p}: {reason}; give a checkpoint.pt from a pretraining run") from None
-    if not isinstance(state, dict) or not {"model", "config", "manifest"} <= set(state):
-        raise DataError(f"{p}: a torch file but not a rayssl checkpoint (no model, config, manifest); give one from a run")
-    return state
-
-
-def method_from_checkpoint(state: dict, shards: str | None = None) -> tuple[nn.Module, Config]:
-    """The pretrained method of a checkpoint; ``shards`` replaces both the pretraining and the probe set."""
-    cfg = Config.model_validate(state["config"])
-    if shards is not None:
-        cfg.data.shards = cfg.probe.shards = resolve_uri(shards)
-    method = build_method(cfg, state["manifest"])
-    method.load_state_dict(state["model"])
-    return method, cfg

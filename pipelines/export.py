@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.evaluate import load_checkpoint, method_from_checkpoint
+from pipelines import checkpoint
+from pipelines.build import method_from_checkpoint
 from ssl_models.backbones import TorchvisionResNet
 from ssl_models.embedding import EmbeddingModel
 from ssl_models.views import PIXEL_MEAN, PIXEL_STD
@@ -33,7 +34,7 @@ class ExportError(RuntimeError):
 
 def embedding_model_from_checkpoint(path: str | Path) -> tuple[EmbeddingModel, dict]:
     """The checkpoint's encoder as an ``EmbeddingModel`` (eval mode), and what the sidecar says about it."""
-    state = load_checkpoint(path)
+    state = checkpoint.load(path)
     method, cfg = method_from_checkpoint(state)
     manifest = state["manifest"]
     model = EmbeddingModel(method.encoder).eval()

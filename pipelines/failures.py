@@ -24,6 +24,10 @@ from pipelines.data import DataError
 UNFIXABLE_ERRORS = (DataError, ConfigError)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged; the message names the epoch and step. Never retried: a restart would diverge again."""
+
+
 # How a remote traceback's last line names one of them: Ray Data's UserCodeException keeps the
 # UDF's error only as text (its __cause__ does not cross the process boundary).
 _NAMED_IN_TEXT = re.compile(r"pipelines\.(data\.DataError|config\.ConfigError): (.+)$", re.M)

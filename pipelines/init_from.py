@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines import tracking
+from pipelines import checkpoint, tracking
 from pipelines.config import Config, ConfigError
 from pipelines.data import DataError
 from ssl_models.backbones import TorchvisionResNet
@@ -26,8 +26,7 @@ def encoder_weights(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = checkpoint.file_in(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  one line naming the file

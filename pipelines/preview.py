@@ -15,9 +15,9 @@ import numpy as np  # noqa: E402
 import pyarrow.dataset as pads  # noqa: E402
 import torch  # noqa: E402
 
+from pipelines.build import view_policy  # noqa: E402
 from pipelines.config import Config  # noqa: E402
 from pipelines.data import decode_png_batch, read_manifest, split_uri  # noqa: E402
-from pipelines.train import view_policy  # noqa: E402
 from ssl_models.views import PIXEL_MEAN, PIXEL_STD  # noqa: E402
 
 

@@ -345,7 +345,9 @@ def checkpoint_source(uri: str, source: str, dst: str | Path) -> Path:
         except MlflowException as err:
             raise TrackingError(f"{source}: no such registered model version in {uri} ({err.message.splitlines()[0]})") from None
         run_id = version.run_id
-    return download_artifact(uri, run_id, "checkpoint/checkpoint.pt", dst)
+    from pipelines.checkpoint import ARTIFACT_PATH
+
+    return download_artifact(uri, run_id, ARTIFACT_PATH, dst)
 
 
 def is_remote_checkpoint(source: str) -> bool:

@@ -26,16 +26,17 @@ from typing import Any
 
 import ray
 import ray.data
-import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from pipelines import checkpoint as saved_checkpoint
 from pipelines import tracking
+from pipelines.cluster import ensure_ray
 from pipelines.config import Config, ConfigError, build_config, with_recipe
 from pipelines.evaluate import PROBES_SKIPPED, has_labels
-from pipelines.train import ensure_ray, fit, fit_and_probe, log_config, probe_checkpoint_and_log, validate
+from pipelines.train import fit, fit_and_probe, log_config, probe_checkpoint_and_log, validate
 from tune_spaces import read_space, to_tune
 
 TRIAL_DRIVER = "trial_driver"  # custom resource: trial drivers take none of the CPUs the workers need
@@ -169,7 +170,7 @@ def _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, storage: str
     if checkpoint is not None:
         init = checkpoint.path
         with checkpoint.as_directory() as folder:
-            start_epoch = int(torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"]) + 1
+            start_epoch = saved_checkpoint.completed_epochs(folder)
     # MLflow params cannot change: the values this trial follows from here on are metrics at this epoch.
     followed = {f"pbt/{k}": float(v) for k, v in params.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     tracking.log_metrics(uri, run_id, followed, step=start_epoch + 1)

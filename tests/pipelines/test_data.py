@@ -63,7 +63,7 @@ def test_pretrain_stream_emits_uint8_views_in_small_blocks(ray_session, fmnist_s
     driver's own Ray Data settings left as they were."""
     from ray.data import DataContext
 
-    from pipelines import train
+    from pipelines import stream
     from pipelines.config import build_config
     from pipelines.data import read_manifest
 
@@ -73,8 +73,8 @@ def test_pretrain_stream_emits_uint8_views_in_small_blocks(ray_session, fmnist_s
     before = (driver.use_datasource_v2, driver.target_max_block_size)
     # 100 kB blocks: each 256-image shard's views (2 x 784 bytes each, ~400 kB) must split into four or more.
     block_bytes = 100_000
-    monkeypatch.setattr(train, "VIEW_BLOCK_BYTES", block_bytes)
-    ds = train.build_pretrain_dataset(cfg, manifest)
+    monkeypatch.setattr(stream, "VIEW_BLOCK_BYTES", block_bytes)
+    ds = stream.build_pretrain_dataset(cfg, manifest)
     assert (driver.use_datasource_v2, driver.target_max_block_size) == before
     assert (ds.context.use_datasource_v2, ds.context.target_max_block_size) == (False, block_bytes)
     blocks = [m for bundle in ds.materialize().iter_internal_ref_bundles() for m in bundle.metadata]

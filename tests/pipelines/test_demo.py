@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from pipelines import tracking
+from pipelines.build import build_method
 from pipelines.cli import main
 from pipelines.config import build_config
 from pipelines.data import read_manifest
-from pipelines.evaluate import build_method
 from pipelines.shared_work import cache_dir, weights_digest
 from tests.conftest import TINY_RUN
 

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from pipelines import tracking
+from pipelines.build import build_method
 from pipelines.config import build_config
 from pipelines.data import load_images, read_manifest
-from pipelines.evaluate import build_method
 from pipelines.train import log_encoder
 from ssl_models.embedding import EmbeddingModel
 

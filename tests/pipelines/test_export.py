@@ -11,10 +11,10 @@ import torch
 import torchvision
 from torch import nn
 
+from pipelines.build import build_method
 from pipelines.cli import main
 from pipelines.config import build_config
 from pipelines.data import load_labeled, read_manifest
-from pipelines.evaluate import build_method
 from pipelines.export import embedding_model_from_checkpoint, export
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from pipelines import tracking
 from pipelines.config import ConfigError, build_config
-from pipelines.train import NonFiniteLossError, pretrain, validate
+from pipelines.failures import NonFiniteLossError
+from pipelines.train import pretrain, validate
 from tests.conftest import TINY_RUN, MlflowServer
 
 REPO = Path(__file__).resolve().parents[2]

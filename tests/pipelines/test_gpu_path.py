@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.build import build_method, view_policy
 from pipelines.config import build_config
-from pipelines.evaluate import build_method
-from pipelines.train import to_channels_last, view_policy
+from pipelines.worker import to_channels_last
 
 MANIFEST = {"mode": "L", "channels": 1, "image_size": [28, 28], "classes": [str(i) for i in range(10)]}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

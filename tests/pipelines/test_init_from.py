@@ -8,9 +8,10 @@ import torch
 import torchvision
 from torch import nn
 
+from pipelines.build import build_method
+from pipelines.checkpoint import load as load_checkpoint
 from pipelines.config import ConfigError, build_config
 from pipelines.data import read_manifest
-from pipelines.evaluate import build_method, load_checkpoint
 from pipelines.export import export
 from pipelines.init_from import load_encoder_weights
 from pipelines.train import validate

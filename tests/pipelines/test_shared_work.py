@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.build import build_method
 from pipelines.config import build_config
 from pipelines.data import read_manifest
-from pipelines.evaluate import build_method, run_probes
+from pipelines.evaluate import run_probes
 from pipelines.shared_work import cache_dir, shared_metrics, weights_digest
 from ssl_models.backbones import create_backbone
 

@@ -10,7 +10,7 @@ import pytest
 from ray.train.v2._internal.logging.patch_print import redirected_print
 
 from pipelines.cli import build_parser
-from pipelines.train import ray_log_level, say
+from pipelines.cluster import ray_log_level, say
 
 
 @pytest.mark.parametrize("writer", ["print", "say"])

@@ -1,0 +1,76 @@
+"""The one adapter from a rayssl config to ``ssl_models``: the method, its views, its optimizer.
+
+Training, the probes, the preview, Tune and the benchmarks all build through here, so a config
+field reaches PyTorch in one place.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+import ssl_models
+from pipelines.config import Config, with_recipe
+from pipelines.data import resolve_uri
+from ssl_models.optim import build_optimizer
+
+
+def method_parameters(name: str) -> set[str]:
+    return set(inspect.signature(ssl_models.method_class(name)).parameters)
+
+
+def shared_method_fields(cfg: Config) -> dict:
+    """The shared ``method`` fields the config sets (None means: the method's own default)."""
+    m = cfg.method
+    shared = {"temperature": m.temperature, "projection_dim": m.projection_dim, "hidden_dim": m.hidden_dim}
+    return {k: v for k, v in shared.items() if v is not None}
+
+
+def ignored_method_fields(cfg: Config) -> list[str]:
+    """Shared fields set in the config that this method has no use for (e.g. a temperature for BYOL)."""
+    return [f"method.{k}" for k in shared_method_fields(cfg) if k not in method_parameters(cfg.method.name)]
+
+
+def build_method(cfg: Config, manifest: dict) -> nn.Module:
+    """The configured method for images of the shards' channels and size.
+
+    The shared ``method`` fields (temperature, projection sizes) go to the methods
+    whose constructor takes them; ``method.kwargs`` go as given, so a misspelt one fails.
+    """
+    m = cfg.method
+    kwargs = {k: v for k, v in shared_method_fields(cfg).items() if k in method_parameters(m.name)}
+    kwargs.update(m.kwargs)
+    image_size = cfg.data.crop_size or manifest["image_size"][0]
+    return ssl_models.create_method(
+        m.name, backbone=m.backbone, in_channels=manifest["channels"], image_size=image_size, **kwargs
+    )
+
+
+def view_policy(cfg: Config, manifest: dict, method=None):
+    """The views ``method`` trains on, from ``data.augment`` and what the method's paper fixes per view."""
+    # The built method, not its class: an argument such as DINO's num_local_crops sets its views.
+    # A worker passes the method it already built rather than building a second one.
+    method = method if method is not None else build_method(with_recipe(cfg)[0], manifest)
+    settings = cfg.data.augment.model_dump()
+    settings.update(method.view_kwargs)  # what the method's paper fixes per view wins (validate() says so)
+    return ssl_models.create_views(
+        method.view_policy, image_size=cfg.data.crop_size or manifest["image_size"][0], num_views=method.num_views, **settings
+    )
+
+
+def build_method_optimizer(cfg: Config, method) -> torch.optim.Optimizer:
+    """The optimizer of a resolved config (``with_recipe``) for ``method``'s parameters."""
+    o = cfg.optim
+    return build_optimizer(o.name, method, o.lr, o.weight_decay, o.momentum, o.beta2, o.bias_lr_scale)
+
+
+def method_from_checkpoint(state: dict, shards: str | None = None) -> tuple[nn.Module, Config]:
+    """The pretrained method of a loaded checkpoint; ``shards`` replaces both the pretraining and the probe set."""
+    cfg = Config.model_validate(state["config"])
+    if shards is not None:
+        cfg.data.shards = cfg.probe.shards = resolve_uri(shards)
+    method = build_method(cfg, state["manifest"])
+    method.load_state_dict(state["model"])
+    return method, cfg

@@ -1,0 +1,62 @@
+"""The one home of rayssl's checkpoint format: one ``checkpoint.pt`` per saved epoch.
+
+Ray Train keeps the folder that holds it; a run logs it to MLflow as ``checkpoint/checkpoint.pt``.
+Every other module saves, loads and reads the epoch of a checkpoint through here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipelines.data import DataError
+
+FILE_NAME = "checkpoint.pt"
+ARTIFACT_PATH = f"checkpoint/{FILE_NAME}"  # where a run's final checkpoint lives among its MLflow artifacts
+MANIFEST_KEYS = ("mode", "channels", "image_size", "classes")  # what a checkpoint needs of its shards' manifest
+
+
+def save(
+    folder: str | Path, *, model, optimizer, epoch: int, config: dict, manifest: dict, run_id: str, uri: str, pending
+) -> Path:
+    """Write the checkpoint of 0-based ``epoch`` into ``folder``; returns the file."""
+    state = {
+        "pending_metrics": pending,  # metrics the tracking server has not taken yet; the driver sends them
+        "run_id": run_id,  # so `rayssl probe CHECKPOINT` can log to the run that made it
+        "tracking_uri": uri,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "config": config,
+        "manifest": {k: manifest[k] for k in MANIFEST_KEYS},
+    }
+    path = Path(folder) / FILE_NAME
+    torch.save(state, path)
+    return path
+
+
+def file_in(path: str | Path) -> Path:
+    """The checkpoint file of ``path``: the file itself or the folder holding it."""
+    p = Path(path)
+    return p / FILE_NAME if p.is_dir() else p
+
+
+def load(path: str | Path) -> dict:
+    """A rayssl checkpoint (a ``checkpoint.pt`` file or the folder holding it), loaded safely."""
+    p = file_in(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no rayssl checkpoint here; give a checkpoint folder from a pretraining run")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  truncated, foreign or not a torch file: one line, not a traceback
+        reason = f"not a readable rayssl checkpoint ({type(err).__name__})"
+        raise DataError(f"{p}: {reason}; give a checkpoint.pt from a pretraining run") from None
+    if not isinstance(state, dict) or not {"model", "config", "manifest"} <= set(state):
+        raise DataError(f"{p}: a torch file but not a rayssl checkpoint (no model, config, manifest); give one from a run")
+    return state
+
+
+def completed_epochs(path: str | Path) -> int:
+    """How many epochs the checkpoint has trained (its 0-based epoch + 1)."""
+    return int(load(path)["epoch"]) + 1

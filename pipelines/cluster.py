@@ -1,0 +1,74 @@
+"""The Ray session: join a cluster or start a local Ray, what it can place, and what reaches the terminal."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import ray
+import torch
+
+from pipelines.config import Config, ConfigError
+
+
+def cluster_address() -> str | None:
+    """The running cluster this driver joins (``RAY_ADDRESS``, or one ``ray start``-ed here); None: a new local Ray."""
+    from ray._private.services import canonicalize_bootstrap_address  # the rule ray.init itself follows
+
+    return canonicalize_bootstrap_address(None)
+
+
+def verbose() -> bool:
+    """``rayssl --verbose`` (or RAYSSL_VERBOSE=1): Ray's, Ray Train's and Ray Data's own INFO lines in the terminal."""
+    return bool(os.environ.get("RAYSSL_VERBOSE"))
+
+
+def ray_log_level() -> str:
+    return "INFO" if verbose() else "WARNING"
+
+
+def ensure_ray(resources: dict | None = None) -> None:
+    """Join the running cluster, else start a local Ray; only a local one takes ``resources``.
+
+    A cluster declares its own (cluster.yaml, the RayJob), and Ray refuses them from a joining driver.
+    Ray Data's INFO lines (each dataset's execution plan and finish) stay in Ray's log files unless verbose.
+    """
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", ray_log_level())  # the driver's own Ray Data logger
+        if cluster_address():  # a job on a cluster keeps the runtime env it was submitted with
+            ray.init(log_to_driver=True)
+        else:
+            env = {"env_vars": {"RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
+            ray.init(resources=resources, log_to_driver=True, runtime_env=env)
+
+
+def check_capacity(cfg: Config) -> None:
+    """Refuse workers the cluster can never place: Ray would wait for them forever instead of failing."""
+    if ray.is_initialized():
+        total = ray.cluster_resources()
+    elif cluster_address():
+        return  # a running (maybe autoscaling) cluster: only Ray knows what it can grow to
+    else:
+        total = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+    t = cfg.train
+    need = t.num_workers * t.cpus_per_worker
+    if need > total.get("CPU", 0):
+        raise ConfigError(
+            f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker} needs {need:g} CPUs, "
+            f"the cluster has {total.get('CPU', 0):g}; lower one of them"
+        )
+    if t.use_gpu and t.num_workers > total.get("GPU", 0):
+        raise ConfigError(
+            f"train.num_workers={t.num_workers} with train.use_gpu=true needs {t.num_workers} GPUs, "
+            f"the cluster has {total.get('GPU', 0):g}; lower train.num_workers or set train.use_gpu=false"
+        )
+
+
+def say(line: str) -> None:
+    """One line to the worker's real stdout, shown once in the driver's terminal.
+
+    Ray Train V2 patches ``print`` in its workers to go to a logger *and*, when stdout is wrapped, to stdout:
+    every per-epoch line came out twice, and a quiet log level would hide it.
+    """
+    sys.__stdout__.write(line + "\n")
+    sys.__stdout__.flush()

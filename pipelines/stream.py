@@ -1,0 +1,82 @@
+"""The data stage of pretraining: Ray Data reads the Parquet shards, decodes them and makes the views.
+
+Rows stream from the shards to the Ray Train workers a block at a time, per epoch; views are
+made here in Ray Data's CPU tasks (``data.augment_on: cpu``) or in the worker (``device``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import ray
+import ray.data
+
+from pipelines.build import view_policy
+from pipelines.config import Config
+from pipelines.data import decode_png_batch, split_uri
+
+
+class ViewsFromPNG:
+    """Ray Data ``map_batches`` callable: decode PNG bytes, then the method's view policy."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, batch):
+        decoded = decode_png_batch(batch)
+        decoded.pop("id", None)  # only for naming a row that does not decode; the trainer takes tensors
+        return decoded if self.policy is None else self.policy(decoded)
+
+
+# Ray Data's default of 128 MiB suits bulk data: here one block held a whole 10,000-image
+# shard's views, so each epoch's first batch waited until a task had augmented a whole shard.
+# Share of each epoch the workers waited for data (SimCLR, 8,192 images, 2 CPU workers, one
+# Ray instance): 128 MiB 11.7%, 2 MiB 8.1%, 1 MiB 6.6% (~670 Fashion-MNIST view pairs).
+# Small blocks also let Ray Data's backpressure work in smaller steps.
+VIEW_BLOCK_BYTES = 1024**2
+
+
+@contextlib.contextmanager
+def _data_context(**settings):
+    """Ray Data settings for the datasets created inside; the driver's own are put back after.
+
+    A dataset keeps a copy of the context it was created with, so the settings last for it.
+    """
+    context = ray.data.DataContext.get_current()
+    before = {name: getattr(context, name) for name in settings}
+    try:
+        for name, value in settings.items():
+            setattr(context, name, value)
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(context, name, value)
+
+
+def read_train_shards(cfg: Config) -> ray.data.Dataset:
+    """The train split's Parquet shards, files in a new order every epoch, read by Ray Data's V1 Parquet reader.
+
+    Ray 2.60's default (V2) reader lists the files and reads their footers on a pool of new
+    actor processes at the start of every epoch; on 2 cores that halved pretraining speed
+    (``benchmarks/end_to_end.py``: 274 against 409 images/s with V1). V1 reads the footers
+    once, here, and each epoch only runs the read tasks.
+    """
+    with _data_context(use_datasource_v2=False, target_max_block_size=VIEW_BLOCK_BYTES):
+        return ray.data.read_parquet(split_uri(cfg.data.shards, "train"), shuffle="files")
+
+
+def build_pretrain_dataset(cfg: Config, manifest: dict) -> ray.data.Dataset:
+    """Stream the train shards: read Parquet, decode, and (on CPU) make the views, per sample and per epoch."""
+    # One progress line per epoch from the trainer is enough; Ray Data's bars flood a terminal log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = read_train_shards(cfg).select_columns(["image", "id"])  # every row, labeled or not; id names a bad one
+    if cfg.data.max_train_images:
+        ds = ds.limit(cfg.data.max_train_images)
+    policy = view_policy(cfg, manifest) if cfg.data.augment_on == "cpu" else None
+    return ds.map_batches(ViewsFromPNG(policy), batch_size=256)
+
+
+def train_images(cfg: Config, manifest: dict) -> int:
+    """Images each epoch trains on (all workers)."""
+    rows = manifest["splits"]["train"]["rows"]
+    return min(rows, cfg.data.max_train_images or rows)

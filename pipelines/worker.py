@@ -1,0 +1,245 @@
+"""One Ray Train worker: build the method, continue its checkpoint, then ``train_epoch`` per epoch.
+
+Each epoch ends in one report to Ray Train with rank 0's checkpoint, the per-epoch probes and
+one MLflow row of metrics (buffered while the tracking server is away).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint
+from torch import nn
+
+from pipelines import checkpoint, tracking
+from pipelines.build import build_method, build_method_optimizer, view_policy
+from pipelines.cluster import say
+from pipelines.config import Config
+from pipelines.evaluate import EpochKNN, EpochRankMe, has_labels
+from pipelines.failures import NonFiniteLossError, unfixable_errors_in_one_line
+from pipelines.faults import FaultInjector
+from pipelines.init_from import init_encoder
+from pipelines.stream import train_images
+from ssl_models.optim import set_learning_rate
+from ssl_models.recipes import MAX_WARMUP_SHARE
+from ssl_models.schedules import learning_rate, warmup_steps
+from ssl_models.sync_batchnorm import convert_sync_batchnorm
+
+
+@dataclass
+class Worker:
+    """What every step of one worker's run shares."""
+
+    cfg: Config
+    model: nn.Module  # what steps call: DDP around the (compiled) method
+    inner: nn.Module  # the plain method: state_dict keys, EMA updates, probes
+    optimizer: torch.optim.Optimizer
+    policy: object | None  # views made here on the device; None: Ray Data made them
+    faults: FaultInjector
+    device: torch.device
+    world: int
+    per_worker: int  # images per step on this worker
+    total_steps: int
+    warmup: int
+    base_lr: float
+
+
+def to_channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """NHWC layout for the image tensors of a batch (faster convolutions with bf16 on recent GPUs)."""
+    return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in batch.items()}
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _nonfinite_on_any_rank(loss: torch.Tensor) -> bool:
+    """True on every rank when the loss is NaN or inf on any: all ranks must stop at the same step.
+
+    The flag stays on the device until after the all-reduce: one host sync per step, not two.
+    """
+    bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(bad)
+    return bool(bad.item() > 0)
+
+
+def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str, first_epoch: int) -> None:
+    """Tag the run with the Ray node of every worker (rank order) from ``first_epoch`` on: one tag per
+    (re)start of the worker group. Best effort: training never waits on it."""
+    nodes = [ray.get_runtime_context().get_node_id()] * world
+    if dist.is_available() and dist.is_initialized():
+        dist.all_gather_object(nodes, nodes[rank])
+    if rank == 0:  # in MLflow, not the terminal: one line of long node ids per run was noise
+        try:
+            tracking.set_tag(uri, run_id, f"rayssl.worker_nodes.from_epoch_{first_epoch}", ",".join(nodes))
+        except Exception as err:  # an unreachable server must not stop training
+            say(f"warning: could not tag worker nodes ({type(err).__name__})")
+
+
+def train_epoch(w: Worker, shard, epoch: int, step: int) -> tuple[dict[str, float], int]:
+    """One pass over this worker's shard; returns the epoch's metrics (all workers) and the next step.
+
+    Raises ``NonFiniteLossError`` on every rank at the first step whose loss is NaN or inf on any rank.
+    """
+    w.model.train()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if w.cfg.train.use_gpu else contextlib.nullcontext()
+    # Summed on the device, read once per epoch: a .item() per step stalls a GPU's queue every step.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=w.device)
+    acc_sum = torch.zeros((), dtype=torch.float64, device=w.device)
+    batches, images = 0, 0
+    lr = w.base_lr
+    t0 = ready = time.perf_counter()
+    waited = 0.0  # seconds this worker sat waiting for its next batch: data starvation
+    for batch in shard.iter_torch_batches(batch_size=w.per_worker, drop_last=True, device=w.device):
+        waited += time.perf_counter() - ready
+        # Views come from Ray Data as uint8 (the method's forward normalizes them), or are made here.
+        if w.policy is not None:
+            batch = w.policy.apply(batch["image"])
+        if w.cfg.train.channels_last:
+            batch = to_channels_last(batch)
+        lr = learning_rate(w.cfg.optim.schedule, step, w.total_steps, w.warmup, w.base_lr)
+        set_learning_rate(w.optimizer, lr)
+        w.faults.before_step(step)
+        with autocast:
+            out = w.model(batch)
+        loss = w.faults.loss(out["loss"], step)
+        if _nonfinite_on_any_rank(loss):
+            raise NonFiniteLossError(f"loss is not finite at epoch {epoch + 1}, step {step}; lower optim.lr or check the data")
+        w.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        w.optimizer.step()
+        w.inner.on_step_end(step, w.total_steps)
+        step += 1
+        batches += 1
+        images += w.per_worker
+        loss_sum += loss.detach()
+        if "proxy_acc" in out:
+            acc_sum += torch.as_tensor(out["proxy_acc"], device=w.device).detach()
+        ready = time.perf_counter()
+    seconds = time.perf_counter() - t0
+    loss_sum, acc_sum, batches, images, waited = _all_reduce_sum(
+        [float(loss_sum), float(acc_sum), batches, images, waited], w.device
+    )
+    metrics = {
+        "train/loss": loss_sum / max(batches, 1),
+        "train/proxy_acc": acc_sum / max(batches, 1),
+        "train/images": images,  # images trained on this epoch, all workers: every row, labeled or not
+        "train/images_per_s": images / seconds,
+        "train/data_wait_frac": waited / w.world / seconds,  # share of the epoch spent waiting for data
+        "train/lr": lr,
+        "epoch": epoch + 1,
+    }
+    return metrics, step
+
+
+def train_loop_per_worker(loop_config: dict) -> dict | None:
+    """One Ray Train worker (see ``_train_loop``); bad data or config ends it with the cause alone.
+
+    Ray Train prints a worker's traceback; for an error the user fixes in the data or the
+    config, the cause's one line says more (``RAYSSL_TRACEBACK=1`` keeps the full one).
+    """
+    with unfixable_errors_in_one_line():
+        try:
+            _train_loop(loop_config)
+        except NonFiniteLossError as err:
+            # Returned, not raised: a restart from the last checkpoint would only diverge again.
+            return {"error": str(err)}
+    return None
+
+
+def _train_loop(loop_config: dict) -> None:
+    """One Ray Train worker: DDP model, streamed views, one report + checkpoint per epoch."""
+    cfg = Config.model_validate(loop_config["config"])
+    manifest, run_id, uri = loop_config["manifest"], loop_config["run_id"], loop_config["tracking_uri"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed + rank)
+    device = ray.train.torch.get_device()
+
+    method = build_method(cfg, manifest)
+    if cfg.method.init_from and ray.train.get_checkpoint() is None and not loop_config.get("init_checkpoint"):
+        init_encoder(method.encoder, cfg)  # a fresh run from existing weights; a restart continues its own checkpoint
+    if cfg.train.sync_batchnorm and world > 1:  # before the optimizer takes the parameters; names stay the same
+        method = convert_sync_batchnorm(method, cuda=cfg.train.use_gpu)
+    optimizer = build_method_optimizer(cfg, method)
+    start_epoch, pending = 0, []
+    saved = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure
+    if saved is None and loop_config.get("init_checkpoint"):  # a PBT segment continues a checkpoint
+        saved = Checkpoint(loop_config["init_checkpoint"])
+    if saved is not None:  # continue where the last epoch ended
+        with saved.as_directory() as folder:
+            state = checkpoint.load(folder)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+        pending = state.get("pending_metrics", [])
+    if cfg.train.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+
+    per_worker = cfg.data.batch_size // world
+    steps_per_epoch = max(1, train_images(cfg, manifest) // world // per_worker)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    w = Worker(
+        cfg=cfg,
+        # DDP wraps the compiled module; `inner` stays the plain one, for state_dict keys, EMA and probes.
+        model=ray.train.torch.prepare_model(torch.compile(method) if cfg.train.compile else method),
+        inner=method,
+        optimizer=optimizer,
+        policy=view_policy(cfg, manifest, method) if cfg.data.augment_on == "device" else None,
+        faults=FaultInjector(cfg.faults, rank, Path(cfg.tracking.runs_dir) / "faults", run_id),
+        device=device,
+        world=world,
+        per_worker=per_worker,
+        total_steps=total_steps,
+        warmup=warmup_steps(cfg.optim.warmup_epochs, steps_per_epoch, total_steps, MAX_WARMUP_SHARE),
+        base_lr=cfg.optim.lr * cfg.data.batch_size / 256,  # linear scaling rule
+    )
+    shard = ray.train.get_dataset_shard("train")
+
+    # Per-epoch probes on rank 0: kNN when the probe set has labels, RankMe always (label-free).
+    epoch_probes = {}
+    if rank == 0 and cfg.probe.epoch_knn_images and has_labels(cfg):
+        epoch_probes["probe/epoch_knn_top1"] = EpochKNN(cfg)
+    if rank == 0 and cfg.probe.rankme_images:
+        epoch_probes["probe/epoch_rankme"] = EpochRankMe(cfg)
+    buffer = tracking.MetricBuffer(uri, run_id, pending) if rank == 0 else None
+    _record_worker_nodes(rank, world, uri, run_id, start_epoch + 1)
+    step = start_epoch * steps_per_epoch
+    # The lr schedule always spans train.epochs; a PBT segment stops early at stop_epoch.
+    for epoch in range(start_epoch, loop_config.get("stop_epoch") or cfg.train.epochs):
+        metrics, step = train_epoch(w, shard, epoch, step)
+        for name, epoch_probe in epoch_probes.items():
+            metrics[name] = epoch_probe(method.encoder, device)
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                buffer.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+                checkpoint.save(
+                    folder,
+                    model=method,
+                    optimizer=optimizer,
+                    epoch=epoch,
+                    config=cfg.model_dump(mode="json"),
+                    manifest=manifest,
+                    run_id=run_id,
+                    uri=uri,
+                    pending=buffer.pending,
+                )
+                say(
+                    f"epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.3f}  "
+                    f"proxy_acc {metrics['train/proxy_acc']:.2f}  {metrics['train/images_per_s']:.0f} images/s  "
+                    f"lr {metrics['train/lr']:.4f}"
+                )
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder) if rank == 0 else None)
