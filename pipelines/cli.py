@@ -168,6 +168,7 @@ def cmd_tune(args) -> int:
         mode=args.mode,
         pbt_interval=args.pbt_interval,
         register=args.register,
+        seeds=args.seeds,
     )
     result = run_search(cfg, settings)
     searched = sorted({k for t in result.trials for k in t["params"]})
@@ -178,6 +179,8 @@ def cmd_tune(args) -> int:
         for t in sorted(result.trials, key=lambda t: -t["metrics"].get(result.selected_by, -1))
     ]
     print(format_table(["trial", *searched, "linear", "kNN", "RankMe", "epochs", "status"], rows))
+    spent = sum(int(t["metrics"].get("epochs", 0)) for t in result.trials)
+    print(f"{len(result.trials)} trials, {spent} trial-epochs ({len(result.trials) * cfg.train.epochs} without early stopping)")
     if result.best:
         key = result.best["selected_by"]
         print(f"best trial {result.best['trial_id']}: {key} {result.best['metrics'][key]:.4f}")
@@ -259,6 +262,13 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rayssl", description="Self-supervised pretraining on Ray, tracked in MLflow.")
     parser.add_argument(
@@ -315,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=["max", "min"], default="max")
     p.add_argument("--pbt-interval", type=int, default=1, help="epochs between PBT exploit/explore steps")
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="run every configuration with N seeds (train.seed, +1, ...); compare shows mean ± spread per configuration",
+    )
     p.add_argument(
         "--register", default=None, metavar="NAME", help="Model Registry name of the best encoder, alias 'best' (default: --name)"
     )

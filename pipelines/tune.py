@@ -55,6 +55,7 @@ class SearchSettings:
     pbt_interval: int = 1  # epochs between PBT exploit/explore decisions
     seed: int | None = None  # fixes the sampled configs (random and Optuna search)
     register: str | None = None  # Model Registry name for the best trial's encoder (alias "best"); None: the experiment
+    seeds: int = 1  # runs of every configuration, with train.seed, train.seed + 1, ...
 
 
 @dataclass
@@ -192,8 +193,22 @@ def _search_alg(settings: SearchSettings, max_concurrent: int):
         searcher = OptunaSearch(metric=settings.metric, mode=settings.mode, seed=settings.seed)
         return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     # random and grid: Tune's basic variant generator, seeded so two searches can share their configs.
-    # It takes the concurrency limit itself (Tune ignores max_concurrent_trials for it).
-    return BasicVariantGenerator(random_state=settings.seed, max_concurrent=max_concurrent)
+    # It takes the concurrency limit itself (Tune ignores max_concurrent_trials for it). With --seeds,
+    # train.seed is a grid, and constant_grid_search keeps each random draw the same across its seeds.
+    return BasicVariantGenerator(
+        random_state=settings.seed, max_concurrent=max_concurrent, constant_grid_search=settings.seeds > 1
+    )
+
+
+def with_seeds(tune_space: dict[str, Any], raw: dict[str, dict[str, Any]], cfg: Config, settings: SearchSettings) -> dict:
+    """The space with ``train.seed`` as a grid of ``settings.seeds`` seeds, so every configuration runs once per seed."""
+    if settings.seeds == 1:
+        return tune_space
+    if "train.seed" in raw:
+        raise ConfigError(f"--seeds {settings.seeds}: the space varies train.seed itself; drop one of them")
+    if settings.search == "optuna":
+        raise ConfigError("--seeds with --search optuna: Optuna proposes each trial anew; use --search random or grid")
+    return {**tune_space, "train.seed": tune.grid_search([cfg.train.seed + i for i in range(settings.seeds)])}
 
 
 def _scheduler(settings: SearchSettings, cfg: Config, raw: dict[str, dict[str, Any]]):
@@ -280,7 +295,7 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
     raw = read_space(settings.space, known_keys(cfg))
     if settings.search == "optuna" and any("grid" in spec for spec in raw.values()):
         raise ConfigError(f"--search optuna: space {settings.space!r} has grid keys; use choice for Optuna")
-    tune_space = to_tune(raw, settings.search)
+    tune_space = with_seeds(to_tune(raw, settings.search), raw, cfg, settings)
     check_space_values(cfg, raw)
     manifest = validate(cfg)
     labeled = has_labels(cfg)
@@ -304,6 +319,7 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
             "search": settings.search,
             "scheduler": settings.scheduler,
             "num_samples": settings.num_samples,
+            "seeds": settings.seeds,
             "metric": settings.metric,
         }
         parent_run_id = tracking.start_run(uri, experiment, name, params, tags={"rayssl.kind": "tune", "rayssl.tune_name": name})

@@ -10,8 +10,8 @@ import torch
 
 from pipelines import tracking
 from pipelines.cli import main
-from pipelines.compare import (
-    RunRow,
+from pipelines.compare import RunRow
+from pipelines.plots import (
     _title,
     baseline_levels,
     embedding_figure,
@@ -94,3 +94,19 @@ def test_headlines_say_best_vs_pixels_and_few_labels_vs_scratch():
     assert best.startswith("Best method: rotation (t1), linear top-1 0.860, beats") and "(0.840) by +2.0 points" in best
     assert few.startswith("Few labels (10 per class): rotation's encoder") and "0.730" in few and "(+11.0 points)" in few
     assert "does not beat" in headlines([_row("t0", "byol", 0.83, pixels=0.84)])[0]
+
+
+def test_seeds_table_groups_configurations_and_gives_mean_and_half_range():
+    from pipelines.compare import seeds_table
+
+    def run(seed, lr, linear, status="FINISHED"):
+        params = {"method.name": "simclr", "train.seed": str(seed), "optim.lr": lr}
+        return RunRow(f"r{seed}-{lr}", "id", status, params, {"probe/linear_top1": linear, "probe/knn_top1": linear - 0.1})
+
+    assert seeds_table([run(0, "0.1", 0.8), run(0, "0.2", 0.7)]) is None  # nothing repeated
+    table = seeds_table([run(0, "0.1", 0.80), run(1, "0.1", 0.84), run(0, "0.2", 0.70), run(1, "0.2", 0.0, "FAILED")])
+    header, _, first, second = table.splitlines()
+    assert header.split()[:3] == ["method", "optim.lr", "seeds"]
+    assert first.split()[:3] == ["simclr", "0.1", "0,1"] and "0.8200 ± 0.0200" in first and "0.7200 ± 0.0200" in first
+    assert first.rstrip().endswith("2/2")
+    assert "0.7000" in second and "±" not in second.split("0.7000")[1][:3] and second.rstrip().endswith("1/2")

@@ -90,6 +90,42 @@ def test_bad_space_value_fails_before_ray_starts(fmnist_shards, tmp_path):
     assert "Ray" not in proc.stdout + proc.stderr
 
 
+def test_seeds_are_checked_before_ray_starts(fmnist_shards, tmp_path):
+    cfg = _base(fmnist_shards, tmp_path / "runs")
+    with pytest.raises(ConfigError, match=r"--seeds 2: the space varies train.seed itself"):
+        run_search(cfg, SearchSettings(space=_space(tmp_path, "train.seed: {grid: [0, 1]}\n"), seeds=2))
+    with pytest.raises(ConfigError, match=r"--seeds with --search optuna"):
+        run_search(cfg, SearchSettings(space=_space(tmp_path, "optim.lr: {uniform: [0.01, 0.1]}\n"), search="optuna", seeds=2))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "tune", "--space", "smoke", "--seeds", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "--seeds: 0: give 1 or more" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_seeds_repeat_each_random_draw_and_compare_gives_mean_and_spread(ray_session, fmnist_shards, tmp_path):
+    cfg = _base(fmnist_shards, tmp_path / "runs", epochs=1)
+    space = _space(tmp_path, "optim.lr: {uniform: [0.01, 0.1]}\n")
+    result = run_search(cfg, SearchSettings(space=space, search="random", num_samples=1, seeds=2, name="seeds-test"))
+
+    children = tracking.find_runs(result.tracking_uri, "seeds-test", {"mlflow.parentRunId": result.parent_run_id})
+    assert sorted(run.data.params["train.seed"] for run in children) == ["0", "1"]
+    assert len({run.data.params["optim.lr"] for run in children}) == 1  # one random draw, run once per seed
+    assert all(run.info.status == "FINISHED" for run in children)
+    assert tracking.get_run(result.tracking_uri, result.parent_run_id).data.params["seeds"] == "2"
+
+    table, _ = compare(result.tracking_uri, "seeds-test", tmp_path / "compare")
+    per_config = table.split("Per configuration over seeds:\n", 1)[1].splitlines()
+    linear = [run.data.metrics["probe/linear_top1"] for run in children]
+    mean, half_range = sum(linear) / 2, abs(linear[0] - linear[1]) / 2
+    assert per_config[2].split()[:2] == ["simclr", "0,1"]
+    assert f"{mean:.4f} ± {half_range:.4f}" in per_config[2] and per_config[2].rstrip().endswith("2/2")
+
+
 @pytest.mark.e2e
 def test_asha_grid_search_one_child_run_per_trial_and_compare(ray_session, fmnist_shards, tmp_path):
     # Built so ASHA must stop a trial: grid order puts the larger lr first, trials run one
