@@ -9,6 +9,7 @@ stays flat whatever the number of images.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from pipelines.data import DataError, decode_png_batch, read_manifest, resolve_uri, split_uri, write_shards
 from pipelines.export import embedding_model_from_checkpoint
+from pipelines.stream import data_context
 
 
 class EmbedBatch:
@@ -85,22 +87,26 @@ def embed(
                 f"--data {data}: {manifest['channels']}-channel {manifest['image_size']} images, but the encoder takes "
                 f"{info['in_channels']}-channel {info['image_size']}; shard them with --size/--mode to match"
             )
-        ray.data.DataContext.get_current().enable_progress_bars = True  # one bar for the whole job
         splits = [split_uri(shards, s) for s in ("train", "test") if manifest["splits"].get(s, {}).get("rows", 0)]
-        ds = ray.data.read_parquet(splits, include_paths=True).select_columns(["image", "label", "id", "path"])
-        if limit is not None:
-            ds = ds.limit(limit)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = encoder_replicas(actors, gpus, int(ray.cluster_resources().get("CPU", 1)))
-        ds = ds.map_batches(
-            EmbedBatch,
-            fn_constructor_args=(model,),
-            batch_size=batch_size,
-            batch_format="numpy",
-            concurrency=actors,
-            num_gpus=1 if gpus else 0,
-        )
         out_uri = resolve_uri(out)
-        ds.write_parquet(out_uri)
+        # Rows come out in the order they are read (train, then test, shard by shard): the output files,
+        # named by write task, list in that order, so a row's position means the same in input and output.
+        ordered = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
+        ordered.preserve_order = True
+        with data_context(execution_options=ordered, enable_progress_bars=True):  # one bar for the whole job
+            ds = ray.data.read_parquet(splits, include_paths=True).select_columns(["image", "label", "id", "path"])
+            if limit is not None:
+                ds = ds.limit(limit)
+            ds = ds.map_batches(
+                EmbedBatch,
+                fn_constructor_args=(model,),
+                batch_size=batch_size,
+                batch_format="numpy",
+                concurrency=actors,
+                num_gpus=1 if gpus else 0,
+            )
+            ds.write_parquet(out_uri)
     rows = ray.data.read_parquet(out_uri).count()
     return EmbedResult(out_uri, rows, info["num_features"])

@@ -37,7 +37,7 @@ VIEW_BLOCK_BYTES = 1024**2
 
 
 @contextlib.contextmanager
-def _data_context(**settings):
+def data_context(**settings):
     """Ray Data settings for the datasets created inside; the driver's own are put back after.
 
     A dataset keeps a copy of the context it was created with, so the settings last for it.
@@ -61,7 +61,7 @@ def read_train_shards(cfg: Config) -> ray.data.Dataset:
     (``benchmarks/end_to_end.py``: 274 against 409 images/s with V1). V1 reads the footers
     once, here, and each epoch only runs the read tasks.
     """
-    with _data_context(use_datasource_v2=False, target_max_block_size=VIEW_BLOCK_BYTES):
+    with data_context(use_datasource_v2=False, target_max_block_size=VIEW_BLOCK_BYTES):
         return ray.data.read_parquet(split_uri(cfg.data.shards, "train"), shuffle="files")
 
 

@@ -7,7 +7,7 @@ import pyarrow.dataset as pads
 import torch
 
 from pipelines.cli import main
-from pipelines.data import load_images
+from pipelines.data import load_images, read_manifest
 from tests.pipelines.test_export import _checkpoint
 
 
@@ -34,6 +34,23 @@ def test_embed_shards_writes_every_row_with_the_models_embedding(ray_session, fm
     with torch.no_grad():
         want = model(torch.from_numpy(images[[r for _, r in picked]])).numpy()
     np.testing.assert_allclose(embeddings[[k for k, _ in picked]], want, rtol=1e-5, atol=1e-5)
+
+
+def test_embed_every_row_over_many_blocks_in_input_order(ray_session, fmnist_shards, tmp_path):
+    """Every row of both splits (8 shard files, batches of 64), each embedded once, train then test, in shard order."""
+    ckpt = _checkpoint(tmp_path, fmnist_shards, "tiny_cnn")
+    out = tmp_path / "all"
+    assert main(["embed", str(ckpt), "--data", str(fmnist_shards), "--out", str(out), "--batch-size", "64", "--actors", "1"]) == 0
+    written = pads.dataset(str(out), format="parquet")
+    assert len(written.files) > 1  # more than one block went through
+    want = [
+        i
+        for split in ("train", "test")
+        for i in pads.dataset(f"{fmnist_shards}/{split}", format="parquet").to_table(columns=["id"]).column("id").to_pylist()
+    ]
+    rows = read_manifest(str(fmnist_shards))["splits"]
+    assert len(want) == rows["train"]["rows"] + rows["test"]["rows"] == 2048
+    assert written.to_table(columns=["id"]).column("id").to_pylist() == want
 
 
 def test_embed_an_image_folder_shards_it_at_the_encoders_size(ray_session, fmnist_shards, unlabeled_photos, tmp_path):
