@@ -148,11 +148,12 @@ def cmd_demo(args) -> int:
         print(line)
     print()
     print(f"MLflow store: {result.tracking_uri} (experiment {result.experiment!r})")
-    print(f"Open the UI:  .venv/bin/{tracking.ui_command(result.tracking_uri)}")
+    print(f"Open the UI:  .venv/bin/{tracking.ui_command(result.tracking_uri, result.experiment)}")
     return 0
 
 
 def cmd_tune(args) -> int:
+    from pipelines import tracking
     from pipelines.report import format_table
     from pipelines.tune import SearchSettings, run_search
 
@@ -188,6 +189,7 @@ def cmd_tune(args) -> int:
         print(f"best encoder registered as {result.registered} (rayssl export/probe take it)")
     print(f"MLflow experiment {result.experiment!r} in {result.tracking_uri}")
     print(f"compare the trials: rayssl compare --experiment {result.experiment}")
+    print(f"see them in the UI: {tracking.ui_command(result.tracking_uri, result.experiment)}")
     return 0
 
 
