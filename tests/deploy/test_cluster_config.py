@@ -23,7 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
-from pipelines.cli import build_parser
+from pipelines.cli_args import build_parser
 from pipelines.config import build_config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]

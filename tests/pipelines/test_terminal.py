@@ -9,7 +9,7 @@ import sys
 import pytest
 from ray.train.v2._internal.logging.patch_print import redirected_print
 
-from pipelines.cli import build_parser
+from pipelines.cli_args import build_parser
 from pipelines.cluster import ray_log_level, say
 
 
