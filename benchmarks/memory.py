@@ -107,7 +107,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.epochs)
         return
-    from pipelines.data import write_shards
+    from pipelines.shard import write_shards
 
     root = Path(tempfile.mkdtemp(prefix="rayssl-memory-"))
     peaks = {}

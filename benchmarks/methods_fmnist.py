@@ -30,8 +30,9 @@ import ssl_models
 from pipelines import tracking
 from pipelines.cluster import ensure_ray
 from pipelines.config import build_config, with_recipe
-from pipelines.data import read_manifest, write_shards
+from pipelines.data import read_manifest
 from pipelines.report import format_table
+from pipelines.shard import write_shards
 from pipelines.train import pretrain
 
 EXPERIMENT = "methods-fmnist"

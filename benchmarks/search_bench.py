@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.config import Config, build_config
-from pipelines.data import write_shards
+from pipelines.shard import write_shards
 
 
 def search_arguments(trials: int, epochs: int, train_images: int) -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def cmd_shard(args) -> int:
-    from pipelines.data import write_shards
+    from pipelines.shard import write_shards
 
     result = write_shards(
         args.source,
@@ -122,7 +122,7 @@ def cmd_demo(args) -> int:
 
     from pipelines import tracking
     from pipelines.compare import collect_runs, compare, headlines
-    from pipelines.data import write_shards
+    from pipelines.shard import write_shards
     from pipelines.tune import SearchSettings, run_search
 
     cfg = _load(args)

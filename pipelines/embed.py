@@ -20,8 +20,9 @@ import ray
 import ray.data
 import torch
 
-from pipelines.data import DataError, decode_png_batch, read_manifest, resolve_uri, split_uri, write_shards
+from pipelines.data import DataError, decode_png_batch, read_manifest, resolve_uri, split_uri
 from pipelines.export import embedding_model_from_checkpoint
+from pipelines.shard import write_shards
 from pipelines.stream import data_context
 
 

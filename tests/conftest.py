@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.data import FASHION_MNIST_DIR, write_shards
+from pipelines.data import FASHION_MNIST_DIR
+from pipelines.shard import write_shards
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -24,7 +24,8 @@ from PIL import Image
 
 from pipelines import cli
 from pipelines.config import ConfigError, build_config, load_config
-from pipelines.data import DataError, _folder_files, check_shards, load_labeled, read_manifest, write_shards
+from pipelines.data import DataError, check_shards, load_labeled, read_manifest
+from pipelines.shard import _folder_files, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import pytest
 
 from pipelines import tracking
 from pipelines.config import build_config
-from pipelines.data import write_shards
+from pipelines.shard import write_shards
 from pipelines.train import pretrain
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.data import load_labeled, read_fashion_mnist, write_shards
+from pipelines.data import load_labeled, read_fashion_mnist
+from pipelines.shard import write_shards
 
 
 def test_fashion_mnist_round_trip(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 
 from pipelines import cli, tracking
 from pipelines.config import ConfigError, build_config
-from pipelines.data import DataError, labeled_rows, read_manifest, write_shards
+from pipelines.data import DataError, labeled_rows, read_manifest
+from pipelines.shard import write_shards
 from pipelines.train import pretrain, validate
 from pipelines.tune import SearchSettings, run_search
 
