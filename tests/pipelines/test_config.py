@@ -60,7 +60,7 @@ def test_unset_fields_take_the_methods_recipe_and_set_ones_win():
 
 
 def test_each_trial_of_a_methods_search_gets_its_own_recipe():
-    from pipelines.tune import trial_config
+    from pipelines.trial import trial_config
 
     base = build_config({}, ["optim.weight_decay=1e-4"]).model_dump(mode="json")
     simclr, _ = trial_config(base, {"method.name": "simclr"})
