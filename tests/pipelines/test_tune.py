@@ -72,6 +72,25 @@ def test_every_shipped_space_reads(fmnist_shards, tmp_path):
         assert to_tune(read_space(name, keys), "random")
 
 
+def test_a_space_reads_into_typed_entries_that_tune_and_pbt_take(tmp_path):
+    from ray import tune
+
+    from pipelines.tune import pbt_mutations
+    from tune_spaces import SpaceEntry, to_tune
+
+    text = "optim.lr: {loguniform: [0.01, 0.5]}\nmethod.temperature: {choice: [0.1, 0.5]}\ntrain.epochs: {grid: [1, 2]}\n"
+    space = read_space(_space(tmp_path, text), set(build_config().flat()))
+    assert space["method.temperature"] == SpaceEntry("method.temperature", "choice", [0.1, 0.5])
+    assert space["optim.lr"].values == [0.01, 0.5] and not space["optim.lr"].listed
+    random = to_tune(space, "random")
+    assert isinstance(random["optim.lr"], tune.search.sample.Float) and random["train.epochs"] == {"grid_search": [1, 2]}
+    with pytest.raises(SpaceError, match=r"optim.lr: grid search needs choice or grid values, not loguniform"):
+        to_tune(space, "grid")
+    mutations = pbt_mutations(space)
+    assert mutations["train.epochs"] == [1, 2]  # listed ints stay a list
+    assert mutations["method.temperature"].lower == 0.1 and mutations["method.temperature"].upper == 0.5  # floats: a range
+
+
 def test_bad_space_value_fails_before_ray_starts(fmnist_shards, tmp_path):
     # An unknown method name inside a space is a config error found before any trial runs.
     cfg = _base(fmnist_shards, tmp_path / "runs")
