@@ -43,8 +43,14 @@ def vibcreg_terms(z0: torch.Tensor, z1: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 def vibcreg(
-    z0: torch.Tensor, z1: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 200.0
-) -> torch.Tensor:
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 200.0,
+    *,
+    with_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``sim_weight * MSE(z0, z1) + var_weight * [v(z0) + v(z1)] + cov_weight * [c(z0) + c(z1)]``.
 
     v is VICReg's variance hinge and c the mean squared off-diagonal correlation. The paper's
@@ -57,4 +63,5 @@ def vibcreg(
         if weight < 0:
             raise ValueError(f"{name} must be >= 0, got {weight}")
     terms = vibcreg_terms(z0, z1)
-    return sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
+    loss = sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
+    return (loss, terms) if with_terms else loss  # with_terms: the unweighted terms too, for logging

@@ -47,8 +47,14 @@ def vicreg_terms(z0: torch.Tensor, z1: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def vicreg(
-    z0: torch.Tensor, z1: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0
-) -> torch.Tensor:
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    *,
+    with_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``sim_weight * s(z0, z1) + var_weight * [v(z0) + v(z1)] / 2 + cov_weight * [c(z0) + c(z1)]``.
 
     s is the mean squared error, v the hinge ``mean_j max(0, 1 - sqrt(Var(z_j) + 1e-4))`` on the
@@ -63,4 +69,5 @@ def vicreg(
         if weight < 0:
             raise ValueError(f"{name} must be >= 0, got {weight}")
     terms = vicreg_terms(z0, z1)
-    return sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
+    loss = sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
+    return (loss, terms) if with_terms else loss  # with_terms: the unweighted terms too, for logging
