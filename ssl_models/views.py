@@ -21,31 +21,23 @@ import numpy as np
 import torch
 
 from ssl_models import augment
+from ssl_models.registry import Registry
 
 # Pixel normalization used everywhere (training views and probes): [0, 1] -> [-1, 1].
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.5
 
-_VIEWS: dict[str, Callable[..., object]] = {}
-
-
-def register_views(name: str):
-    def add(cls):
-        _VIEWS[name] = cls
-        return cls
-
-    return add
+VIEWS: Registry[Callable[..., object]] = Registry("view policy", "view policies")
+register_views = VIEWS.register
 
 
 def list_views() -> list[str]:
-    return sorted(_VIEWS)
+    return VIEWS.names()
 
 
 def create_views(name: str, **kwargs):
     """Build the view policy ``name`` with its keyword arguments."""
-    if name not in _VIEWS:
-        raise ValueError(f"unknown view policy {name!r}; known: {', '.join(list_views())}")
-    return _VIEWS[name](**kwargs)
+    return VIEWS.get(name)(**kwargs)
 
 
 def dequantize(x: torch.Tensor) -> torch.Tensor:
