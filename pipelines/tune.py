@@ -284,10 +284,20 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
     return SearchResult(parent_run_id, uri, experiment, trials, best, selected_by, registered if best else None)
 
 
+def searched_keys(definition: dict[str, dict[str, list]]) -> list[str]:
+    """The config keys a space varies: its keys, with each bundle's label replaced by the keys it sets."""
+    keys: list[str] = []
+    for key, spec in definition.items():
+        (values,) = spec.values()
+        inner = [k for v in values if isinstance(v, dict) for k in v]
+        keys += [k for k in dict.fromkeys(inner or [key]) if k not in keys]
+    return keys
+
+
 def summarize_trials(uri: str, experiment: str, parent_run_id: str) -> list[dict[str, Any]]:
     """The parent's child runs: trial id, run id, searched params (as the trial used them), status, metrics."""
     parent = tracking.get_run(uri, parent_run_id)
-    searched = list(json.loads(parent.data.params.get("space.definition", "{}")))
+    searched = searched_keys(json.loads(parent.data.params.get("space.definition", "{}")))
     out = []
     for run in tracking.find_runs(uri, experiment, {"mlflow.parentRunId": parent_run_id}):
         out.append(

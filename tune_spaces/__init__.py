@@ -7,6 +7,11 @@ A space file maps dotted config keys to one distribution each::
     data.augment.crop_scale: {grid: [[0.08, 1.0], [0.2, 1.0]]}
 
 Distributions: ``choice``, ``grid``, ``uniform``, ``loguniform``, ``randint``.
+
+A *bundle* varies several keys together: a key that is not a config key (a label) whose
+``choice`` or ``grid`` values are mappings of config keys, each value one setting of all of them::
+
+    recipe: {grid: [{method.name: simclr, data.augment.jitter_strength: 0.7}, {method.name: rotation}]}
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ class SpaceEntry:
     @property
     def listed(self) -> bool:
         return self.distribution in LISTED
+
+    @property
+    def bundle(self) -> bool:
+        """Each value sets several config keys at once (a mapping of them)."""
+        return self.listed and all(isinstance(v, dict) for v in self.args)
 
     @property
     def values(self) -> list:
@@ -74,8 +84,23 @@ def space_path(name_or_file: str) -> Path:
     raise SpaceError(f"{name_or_file}: no such space file or shipped space; shipped: {', '.join(list_spaces())}")
 
 
+def _is_bundle(spec: Any) -> bool:
+    return isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in LISTED and _all_mappings(next(iter(spec.values())))
+
+
+def _all_mappings(args: Any) -> bool:
+    return isinstance(args, list) and bool(args) and all(isinstance(v, dict) and v for v in args)
+
+
 def _entry(path: Path, key: str, spec: Any, known_keys: set[str]) -> SpaceEntry:
-    if key not in known_keys:
+    if any(k.startswith(f"{key}.") for k in known_keys):
+        raise SpaceError(f"{path}: {key!r} is a config section; name a config key, or label a bundle with another word")
+    if key not in known_keys and _is_bundle(spec):  # a label whose values each set several keys
+        for setting in next(iter(spec.values())):
+            for inner in setting:
+                if inner not in known_keys:
+                    raise SpaceError(f"{path}: {key}: {inner!r} is not a config key (e.g. optim.lr, method.name)")
+    elif key not in known_keys:
         raise SpaceError(f"{path}: {key!r} is not a config key (e.g. optim.lr, method.temperature, data.augment.blur_p)")
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
         raise SpaceError(f"{path}: {key}: expected one of {{{', '.join(DISTRIBUTIONS)}: ...}}")

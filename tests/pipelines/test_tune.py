@@ -91,6 +91,27 @@ def test_a_space_reads_into_typed_entries_that_tune_and_pbt_take(tmp_path):
     assert mutations["method.temperature"].lower == 0.1 and mutations["method.temperature"].upper == 0.5  # floats: a range
 
 
+def test_a_bundle_varies_several_keys_together_and_is_checked_before_ray(tmp_path):
+    from pipelines.trial import trial_config
+    from pipelines.tune import check_space_values, searched_keys
+
+    keys = set(build_config().flat())
+    text = "recipe: {grid: [{method.name: simclr, data.augment.jitter_strength: 0.7}, {method.name: rotation}]}\n"
+    space = read_space(_space(tmp_path, text), keys)
+    assert space["recipe"].bundle and len(space["recipe"].args) == 2
+    assert searched_keys({k: e.as_yaml() for k, e in space.items()}) == ["method.name", "data.augment.jitter_strength"]
+    base = build_config().model_dump(mode="json")
+    cfg, _ = trial_config(base, {"recipe": space["recipe"].args[0], "optim.lr": 0.1})
+    assert (cfg.method.name, cfg.data.augment.jitter_strength, cfg.optim.lr) == ("simclr", 0.7, 0.1)
+    with pytest.raises(SpaceError, match=r"recipe: 'data.augment.jitter' is not a config key"):
+        read_space(_space(tmp_path, "recipe: {grid: [{data.augment.jitter: 0.7}]}\n"), keys)
+    with pytest.raises(SpaceError, match=r"'method' is a config section"):
+        read_space(_space(tmp_path, "method: {grid: [{method.name: simclr}]}\n"), keys)
+    bad = read_space(_space(tmp_path, "recipe: {grid: [{method.name: simclr}, {method.name: nope}]}\n"), keys)
+    with pytest.raises(ConfigError, match=r"space value recipe=\{'method.name': 'nope'\}: .*unknown method 'nope'"):
+        check_space_values(build_config(), bad)
+
+
 def test_bad_space_value_fails_before_ray_starts(fmnist_shards, tmp_path):
     # An unknown method name inside a space is a config error found before any trial runs.
     cfg = _base(fmnist_shards, tmp_path / "runs")
