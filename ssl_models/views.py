@@ -63,9 +63,16 @@ def model_views(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch the methods train on: uint8 ``view_*`` images (the numpy path's) -> normalized float.
 
     Float views (from ``apply``) and other columns pass through unchanged, so every method's
-    ``forward`` calls it, whichever path made the views. Runs on the tensors' device.
+    ``training_step`` calls it, whichever path made the views. Runs on the tensors' device; numpy
+    views (the policy's own output, without Ray Data's conversion) become tensors first.
     """
-    return {k: normalize(dequantize(v)) if k.startswith("view_") and v.dtype == torch.uint8 else v for k, v in batch.items()}
+    out = {}
+    for k, v in batch.items():
+        if k.startswith("view_"):
+            v = torch.from_numpy(v) if isinstance(v, np.ndarray) else v  # the numpy path, used without Ray
+            v = normalize(dequantize(v)) if v.dtype == torch.uint8 else v
+        out[k] = v
+    return out
 
 
 def model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,11 @@ def test_one_training_step_trains_every_encoder_parameter(name):
     accepted = inspect.signature(cls).parameters
     heads = {k: 32 for k in ("projection_dim", "hidden_dim") if k in accepted}
     method = ssl_models.create_method(name, backbone=cls.tiny_backbone, in_channels=channels, image_size=32, **heads)
-    policy = ssl_models.create_views(method.view_policy, image_size=32, num_views=method.num_views, seed=0)
+    views = method.make_views(seed=0)  # the contract: views for a method, then a step on what they return
     images = torch.randint(0, 255, (8, 36, 36, channels), dtype=torch.uint8)
-    out = method(policy.apply(images))
+    on_uint8 = method.training_step(views({"image": images.numpy()}))  # the numpy path's uint8 views
+    assert torch.isfinite(on_uint8["loss"])
+    out = method(views.apply(images))
     assert torch.isfinite(out["loss"])
     assert 0.0 <= float(out["proxy_acc"]) <= 1.0
     out["loss"].backward()
