@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_models.distributed import on_global_batch_in_float32
-from ssl_models.losses.vicreg import variance_hinge
+from ssl_models.losses.vicreg import variance_hinge, weighted_sum
 
 __all__ = ["vibcreg", "vibcreg_terms"]
 
@@ -59,9 +59,4 @@ def vibcreg(
     Args:
         z0, z1: (n, D) embeddings of two views (after IterNorm in the method); row i is the same image.
     """
-    for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
-        if weight < 0:
-            raise ValueError(f"{name} must be >= 0, got {weight}")
-    terms = vibcreg_terms(z0, z1)
-    loss = sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
-    return (loss, terms) if with_terms else loss  # with_terms: the unweighted terms too, for logging
+    return weighted_sum(vibcreg_terms(z0, z1), sim_weight, var_weight, cov_weight, with_terms)

@@ -65,9 +65,16 @@ def vicreg(
     Args:
         z0, z1: (n, D) expander outputs of two views; row i of each is the same image; n >= 2.
     """
+    return weighted_sum(vicreg_terms(z0, z1), sim_weight, var_weight, cov_weight, with_terms)
+
+
+def weighted_sum(
+    terms: dict[str, torch.Tensor], sim_weight: float, var_weight: float, cov_weight: float, with_terms: bool
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``sim_weight * invariance + var_weight * variance + cov_weight * covariance`` (VICReg and VIbCReg);
+    with ``with_terms``, the unweighted terms too, for logging."""
     for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
         if weight < 0:
             raise ValueError(f"{name} must be >= 0, got {weight}")
-    terms = vicreg_terms(z0, z1)
     loss = sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
-    return (loss, terms) if with_terms else loss  # with_terms: the unweighted terms too, for logging
+    return (loss, terms) if with_terms else loss
