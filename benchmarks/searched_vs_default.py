@@ -35,7 +35,11 @@ def best_params(uri: str, search: str) -> dict:
     parents = tracking.find_runs(uri, search, {"rayssl.kind": "tune"})
     if not parents or "rayssl.best_params" not in parents[0].data.tags:
         raise SystemExit(f"{search}: no finished rayssl tune search with a best trial in {uri}")
-    return json.loads(parents[0].data.tags["rayssl.best_params"])
+    # MLflow params are text: "0.71", "[0.2, 1.0]"; YAML reads them back as numbers and lists
+    return {
+        k: yaml.safe_load(v) if isinstance(v, str) else v
+        for k, v in json.loads(parents[0].data.tags["rayssl.best_params"]).items()
+    }
 
 
 def write_config(path: Path, method: str, params: dict, search: str) -> None:
