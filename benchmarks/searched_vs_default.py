@@ -49,7 +49,7 @@ def write_config(path: Path, method: str, params: dict, search: str) -> None:
     for key, value in params.items():
         augment[key.removeprefix("data.augment.")] = [round(v, 3) for v in value] if isinstance(value, list) else round(value, 3)
     head = f"# {method} on Fashion-MNIST: the demo's budget and recipe, with the augmentations `rayssl tune` found\n"
-    head += f"# (search {search!r}: tune_spaces/augment_grey.yaml, random search with ASHA; README, Results).\n"
+    head += f"# (search {search!r}: tune_spaces/augment_grey.yaml, random search with ASHA; docs/results.md).\n"
     path.write_text(head + yaml.safe_dump(tree, sort_keys=False))
 
 

@@ -53,11 +53,8 @@ def view_policy(cfg: Config, manifest: dict, method=None):
     # The built method, not its class: an argument such as DINO's num_local_crops sets its views.
     # A worker passes the method it already built rather than building a second one.
     method = method if method is not None else build_method(with_recipe(cfg)[0], manifest)
-    settings = cfg.data.augment.model_dump()
-    settings.update(method.view_kwargs)  # what the method's paper fixes per view wins (validate() says so)
-    return ssl_models.create_views(
-        method.view_policy, image_size=cfg.data.crop_size or manifest["image_size"][0], num_views=method.num_views, **settings
-    )
+    # what the method's paper fixes per view wins over data.augment (validate() says so)
+    return method.make_views(cfg.data.crop_size or manifest["image_size"][0], **cfg.data.augment.model_dump())
 
 
 def build_method_optimizer(cfg: Config, method) -> torch.optim.Optimizer:

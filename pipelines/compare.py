@@ -102,7 +102,7 @@ def comparison_table(rows: list[RunRow]) -> str:
 
 
 def mean_spread(values: list[float]) -> str:
-    """``mean ± half the range`` of the values (NaN-free), as the README's quality table writes it."""
+    """``mean ± half the range`` of the values (NaN-free), as the quality table (docs/results.md) writes it."""
     if not values:
         return "-"
     mean = sum(values) / len(values)

@@ -25,12 +25,26 @@ from pipelines.train import fit, fit_and_probe, log_config, probe_checkpoint_and
 
 
 def set_key(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """Set one dotted key; a bundle's label (not a key of ``tree``) with a mapping sets each of its keys."""
+    if isinstance(value, dict) and not _has_key(tree, dotted):
+        for key, inner in value.items():
+            set_key(tree, key, inner)
+        return tree
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = list(value) if isinstance(value, tuple) else value
     return tree
+
+
+def _has_key(tree: dict[str, Any], dotted: str) -> bool:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> tuple[Config, list[str]]:

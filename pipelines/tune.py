@@ -31,7 +31,7 @@ from pipelines.config import Config, ConfigError, build_config
 from pipelines.evaluate import has_labels
 from pipelines.train import probe_checkpoint_and_log, validate
 from pipelines.trial import run_trial, set_key, trial_config
-from tune_spaces import read_space, to_tune
+from tune_spaces import Space, read_space, to_tune
 
 TRIAL_DRIVER = "trial_driver"  # custom resource: trial drivers take none of the CPUs the workers need
 
@@ -85,13 +85,11 @@ def known_keys(cfg: Config) -> set[str]:
     return set(cfg.flat())
 
 
-def check_space_values(cfg: Config, raw: dict[str, dict[str, Any]]) -> None:
-    """Every listed value of every key must make a valid config (e.g. a known method name)."""
+def check_space_values(cfg: Config, space: Space) -> None:
+    """Every listed value (and both ends of every range) must make a valid config (e.g. a known method name)."""
     base = cfg.model_dump(mode="json")
-    for key, spec in raw.items():
-        dist, args = next(iter(spec.items()))
-        values = args if dist in ("choice", "grid") else args[:2]
-        for value in values:
+    for key, entry in space.items():
+        for value in entry.values:
             try:
                 build_config(set_key(copy.deepcopy(base), key, value))
             except ConfigError as err:
@@ -113,18 +111,18 @@ def _search_alg(settings: SearchSettings, max_concurrent: int):
     )
 
 
-def with_seeds(tune_space: dict[str, Any], raw: dict[str, dict[str, Any]], cfg: Config, settings: SearchSettings) -> dict:
+def with_seeds(tune_space: dict[str, Any], space: Space, cfg: Config, settings: SearchSettings) -> dict:
     """The space with ``train.seed`` as a grid of ``settings.seeds`` seeds, so every configuration runs once per seed."""
     if settings.seeds == 1:
         return tune_space
-    if "train.seed" in raw:
+    if "train.seed" in space:
         raise ConfigError(f"--seeds {settings.seeds}: the space varies train.seed itself; drop one of them")
     if settings.search == "optuna":
         raise ConfigError("--seeds with --search optuna: Optuna proposes each trial anew; use --search random or grid")
     return {**tune_space, "train.seed": tune.grid_search([cfg.train.seed + i for i in range(settings.seeds)])}
 
 
-def _scheduler(settings: SearchSettings, cfg: Config, raw: dict[str, dict[str, Any]]):
+def _scheduler(settings: SearchSettings, cfg: Config, space: Space):
     if settings.scheduler == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=1, reduction_factor=2)
     if settings.scheduler == "pbt":
@@ -133,7 +131,7 @@ def _scheduler(settings: SearchSettings, cfg: Config, raw: dict[str, dict[str, A
         return PopulationBasedTraining(
             time_attr="training_iteration",
             perturbation_interval=1,
-            hyperparam_mutations=pbt_mutations(raw),
+            hyperparam_mutations=pbt_mutations(space),
             synch=True,
         )
     if settings.scheduler == "none":
@@ -141,21 +139,18 @@ def _scheduler(settings: SearchSettings, cfg: Config, raw: dict[str, dict[str, A
     raise ConfigError(f"--scheduler {settings.scheduler!r}: known schedulers are none, asha, pbt")
 
 
-def pbt_mutations(raw: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def pbt_mutations(space: Space) -> dict[str, Any]:
     """What PBT may perturb: continuous ranges as distributions, listed values as lists."""
     out: dict[str, Any] = {}
-    for key, spec in raw.items():
-        dist, args = next(iter(spec.items()))
-        if dist in ("choice", "grid"):
-            numbers = [v for v in args if isinstance(v, int | float) and not isinstance(v, bool)]
-            if len(numbers) == len(args) and len(set(numbers)) > 1:
+    for key, entry in space.items():
+        if entry.listed:
+            numbers = [v for v in entry.args if isinstance(v, int | float) and not isinstance(v, bool)]
+            if len(numbers) == len(entry.args) and len(set(numbers)) > 1:
                 # Listed floats span a range PBT may move through; listed ints stay a list.
                 floats = any(isinstance(v, float) for v in numbers)
                 out[key] = tune.uniform(min(numbers), max(numbers)) if floats else sorted(set(numbers))
-        elif dist == "uniform":
-            out[key] = tune.uniform(*args)
-        elif dist == "loguniform":
-            out[key] = tune.loguniform(*args)
+        elif entry.distribution in ("uniform", "loguniform"):
+            out[key] = entry.to_tune("random")
     if not out:
         raise ConfigError("--scheduler pbt: the space has no numeric key PBT can perturb (e.g. optim.lr, data.augment.*)")
     return out
@@ -205,15 +200,15 @@ def _finish_unfinished_trials(cfg: Config, manifest: dict, uri: str, experiment:
 
 def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
     """Validate everything, then run the search; returns the trials and the best one."""
-    raw = read_space(settings.space, known_keys(cfg))
-    if settings.search == "optuna" and any("grid" in spec for spec in raw.values()):
+    space = read_space(settings.space, known_keys(cfg))
+    if settings.search == "optuna" and any(entry.distribution == "grid" for entry in space.values()):
         raise ConfigError(f"--search optuna: space {settings.space!r} has grid keys; use choice for Optuna")
-    tune_space = with_seeds(to_tune(raw, settings.search), raw, cfg, settings)
-    check_space_values(cfg, raw)
+    tune_space = with_seeds(to_tune(space, settings.search), space, cfg, settings)
+    check_space_values(cfg, space)
     manifest = validate(cfg)
     labeled = has_labels(cfg)
     settings = dataclasses.replace(settings, metric=resolve_metric(cfg, settings.metric, labeled))
-    scheduler = _scheduler(settings, cfg, raw)
+    scheduler = _scheduler(settings, cfg, space)
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)  # validate() made it absolute
     tracking.check_reachable(uri)
     name = settings.name or f"tune-{Path(settings.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -228,7 +223,7 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
     else:
         params = {
             "space": settings.space,
-            "space.definition": json.dumps(raw),
+            "space.definition": json.dumps({k: e.as_yaml() for k, e in space.items()}),
             "search": settings.search,
             "scheduler": settings.scheduler,
             "num_samples": settings.num_samples,
@@ -289,10 +284,20 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
     return SearchResult(parent_run_id, uri, experiment, trials, best, selected_by, registered if best else None)
 
 
+def searched_keys(definition: dict[str, dict[str, list]]) -> list[str]:
+    """The config keys a space varies: its keys, with each bundle's label replaced by the keys it sets."""
+    keys: list[str] = []
+    for key, spec in definition.items():
+        (values,) = spec.values()
+        inner = [k for v in values if isinstance(v, dict) for k in v]
+        keys += [k for k in dict.fromkeys(inner or [key]) if k not in keys]
+    return keys
+
+
 def summarize_trials(uri: str, experiment: str, parent_run_id: str) -> list[dict[str, Any]]:
     """The parent's child runs: trial id, run id, searched params (as the trial used them), status, metrics."""
     parent = tracking.get_run(uri, parent_run_id)
-    searched = list(json.loads(parent.data.params.get("space.definition", "{}")))
+    searched = searched_keys(json.loads(parent.data.params.get("space.definition", "{}")))
     out = []
     for run in tracking.find_runs(uri, experiment, {"mlflow.parentRunId": parent_run_id}):
         out.append(

@@ -10,27 +10,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+from ssl_models.registry import Registry
 
-
-def register_backbone(name: str):
-    def add(fn):
-        _BACKBONES[name] = fn
-        return fn
-
-    return add
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+register_backbone = BACKBONES.register
 
 
 def list_backbones() -> list[str]:
-    return sorted(_BACKBONES)
+    return BACKBONES.names()
 
 
 def create_backbone(name: str, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """Build backbone ``name`` for images of ``in_channels`` x ``image_size`` px."""
-    if name not in _BACKBONES:
-        known = ", ".join(list_backbones())
-        raise ValueError(f"unknown backbone {name!r}; known backbones: {known}")
-    return _BACKBONES[name](in_channels=in_channels, image_size=image_size)
+    return BACKBONES.get(name)(in_channels=in_channels, image_size=image_size)
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:

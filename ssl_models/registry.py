@@ -1,43 +1,72 @@
-"""The one registry of SSL methods: names -> classes, and the factory that builds them.
+"""One small registry type for names -> builders, and the registry of SSL methods.
 
-Like timm's ``register_model``/``create_model``: the CLI, tests, Tune spaces and
-reports all read this one list, so a method exists once it is registered here.
+Like timm's ``register_model``/``create_model``: the CLI, tests, Tune spaces and reports all
+read one list per kind, so a method, backbone or view policy exists once it is registered.
+Modules register by decorator when imported; ``ssl_models.methods`` imports every method
+module by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from torch import nn
 
-_METHODS: dict[str, type[nn.Module]] = {}
+T = TypeVar("T", bound=Callable)
+
+
+class Registry(Generic[T]):
+    """Names -> builders (classes or functions) of one kind, filled by ``register(name)``."""
+
+    def __init__(self, kind: str, plural: str | None = None):
+        self.kind, self.plural = kind, plural or f"{kind}s"
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that registers a class or function under ``name``."""
+
+        def add(builder: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = builder
+            return builder
+
+        return add
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def get(self, name: str) -> T:
+        """The builder registered under ``name``; an unknown name lists the known ones."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ValueError(f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.names())}") from None
+
+
+METHODS: Registry[type[nn.Module]] = Registry("method")
 
 
 def register_method(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator that registers a method under ``name``."""
+    """Class decorator that registers a method under ``name`` (and names the class after it)."""
 
     def add(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is registered twice")
         cls.method_name = name
-        _METHODS[name] = cls
-        return cls
+        return METHODS.register(name)(cls)
 
     return add
 
 
 def list_methods() -> list[str]:
     """Registered method names, sorted."""
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def method_class(name: str) -> type[nn.Module]:
     """The class registered under ``name``; unknown names list the known ones."""
-    try:
-        return _METHODS[name]
-    except KeyError:
-        known = ", ".join(list_methods())
-        raise ValueError(f"unknown method {name!r}; known methods: {known}") from None
+    return METHODS.get(name)
 
 
 def create_method(name: str, **kwargs) -> nn.Module:

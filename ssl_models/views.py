@@ -21,31 +21,23 @@ import numpy as np
 import torch
 
 from ssl_models import augment
+from ssl_models.registry import Registry
 
 # Pixel normalization used everywhere (training views and probes): [0, 1] -> [-1, 1].
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.5
 
-_VIEWS: dict[str, Callable[..., object]] = {}
-
-
-def register_views(name: str):
-    def add(cls):
-        _VIEWS[name] = cls
-        return cls
-
-    return add
+VIEWS: Registry[Callable[..., object]] = Registry("view policy", "view policies")
+register_views = VIEWS.register
 
 
 def list_views() -> list[str]:
-    return sorted(_VIEWS)
+    return VIEWS.names()
 
 
 def create_views(name: str, **kwargs):
     """Build the view policy ``name`` with its keyword arguments."""
-    if name not in _VIEWS:
-        raise ValueError(f"unknown view policy {name!r}; known: {', '.join(list_views())}")
-    return _VIEWS[name](**kwargs)
+    return VIEWS.get(name)(**kwargs)
 
 
 def dequantize(x: torch.Tensor) -> torch.Tensor:
@@ -71,9 +63,16 @@ def model_views(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch the methods train on: uint8 ``view_*`` images (the numpy path's) -> normalized float.
 
     Float views (from ``apply``) and other columns pass through unchanged, so every method's
-    ``forward`` calls it, whichever path made the views. Runs on the tensors' device.
+    ``training_step`` calls it, whichever path made the views. Runs on the tensors' device; numpy
+    views (the policy's own output, without Ray Data's conversion) become tensors first.
     """
-    return {k: normalize(dequantize(v)) if k.startswith("view_") and v.dtype == torch.uint8 else v for k, v in batch.items()}
+    out = {}
+    for k, v in batch.items():
+        if k.startswith("view_"):
+            v = torch.from_numpy(v) if isinstance(v, np.ndarray) else v  # the numpy path, used without Ray
+            v = normalize(dequantize(v)) if v.dtype == torch.uint8 else v
+        out[k] = v
+    return out
 
 
 def model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,9 @@ https://arxiv.org/abs/1905.09272 (section 2.1).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ssl_models.distributed import gather_with_grad, rank
+from ssl_models.losses.infonce import cross_entropy_and_top1
 
 __all__ = ["cpc_infonce", "cpc_infonce_logits"]
 
@@ -42,14 +42,21 @@ def cpc_infonce_logits(
     return logits, positive_index + rank() * targets.shape[0]
 
 
-def cpc_infonce(predictions: torch.Tensor, targets: torch.Tensor, positive_index: torch.Tensor | None = None) -> torch.Tensor:
+def cpc_infonce(
+    predictions: torch.Tensor,
+    targets: torch.Tensor,
+    positive_index: torch.Tensor | None = None,
+    *,
+    with_accuracy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE: ``-log exp(s(pred_m, z_pos)) / sum_l exp(s(pred_m, z_l))``, averaged over the M predictions.
 
     ``s`` is the dot product and ``z_l`` runs over every target of every process,
     so the positive competes with all other patches of all images in the batch.
     Under ``torch.distributed`` with more than one process and the same M and P on
     each, the mean over processes equals the single-process loss on the concatenated
-    batch and gradients flow back to every process's targets.
+    batch and gradients flow back to every process's targets. ``with_accuracy`` also returns
+    how often the true patch ranks first among all of them.
     """
     logits, labels = cpc_infonce_logits(predictions, targets, positive_index)
-    return F.cross_entropy(logits, labels)
+    return cross_entropy_and_top1(logits, labels, with_accuracy)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssl_models.losses.infonce import cross_entropy_and_top1
+
 __all__ = ["moco_infonce", "moco_logits"]
 
 
@@ -35,13 +37,16 @@ def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperatu
     return torch.cat([positive, negatives], dim=1) / temperature
 
 
-def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def moco_infonce(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2, *, with_accuracy: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE, ``-log exp(q.k+/tau) / (exp(q.k+/tau) + sum_j exp(q.k_j/tau))``, averaged over the n queries.
 
     A cross entropy over the logits of ``moco_logits`` with the positive at index 0.
     Every term depends only on its own query, key and the (shared) queue, so the mean
     over workers of this loss equals the loss of the concatenated batch without gathering.
+    ``with_accuracy`` also returns how often the key ranks first among key and queue.
     """
     logits = moco_logits(q, k, queue, temperature)
     targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits, targets)
+    return cross_entropy_and_top1(logits, targets, with_accuracy)

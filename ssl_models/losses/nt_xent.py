@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_models.distributed import gather_with_grad, rank
+from ssl_models.losses.infonce import cross_entropy_and_top1
 
 __all__ = ["nt_xent", "nt_xent_logits"]
 
@@ -49,7 +50,9 @@ def nt_xent_logits(z0: torch.Tensor, z1: torch.Tensor, temperature: float = 0.5)
     return logits, targets
 
 
-def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent(
+    z0: torch.Tensor, z1: torch.Tensor, temperature: float = 0.5, *, with_accuracy: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SimCLR's NT-Xent loss, averaged over all 2N anchors.
 
     For anchor i with positive j among the 2N views,
@@ -61,6 +64,8 @@ def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float = 0.5) -> tor
     Args:
         z0, z1: (n, D) projections of two views; row i of each is the same image.
         temperature: tau > 0.
+        with_accuracy: also return how often the positive ranks first among the 2N - 1 candidates
+            (SimCLR's training step logs it as its proxy accuracy).
     """
     logits, targets = nt_xent_logits(z0, z1, temperature)
-    return F.cross_entropy(logits, targets)
+    return cross_entropy_and_top1(logits, targets, with_accuracy)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_models.distributed import on_global_batch_in_float32
-from ssl_models.losses.vicreg import variance_hinge
+from ssl_models.losses.vicreg import variance_hinge, weighted_sum
 
 __all__ = ["vibcreg", "vibcreg_terms"]
 
@@ -43,8 +43,14 @@ def vibcreg_terms(z0: torch.Tensor, z1: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 def vibcreg(
-    z0: torch.Tensor, z1: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 200.0
-) -> torch.Tensor:
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 200.0,
+    *,
+    with_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``sim_weight * MSE(z0, z1) + var_weight * [v(z0) + v(z1)] + cov_weight * [c(z0) + c(z1)]``.
 
     v is VICReg's variance hinge and c the mean squared off-diagonal correlation. The paper's
@@ -53,8 +59,4 @@ def vibcreg(
     Args:
         z0, z1: (n, D) embeddings of two views (after IterNorm in the method); row i is the same image.
     """
-    for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
-        if weight < 0:
-            raise ValueError(f"{name} must be >= 0, got {weight}")
-    terms = vibcreg_terms(z0, z1)
-    return sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
+    return weighted_sum(vibcreg_terms(z0, z1), sim_weight, var_weight, cov_weight, with_terms)

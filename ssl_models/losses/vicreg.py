@@ -47,8 +47,14 @@ def vicreg_terms(z0: torch.Tensor, z1: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def vicreg(
-    z0: torch.Tensor, z1: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0
-) -> torch.Tensor:
+    z0: torch.Tensor,
+    z1: torch.Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    *,
+    with_terms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``sim_weight * s(z0, z1) + var_weight * [v(z0) + v(z1)] / 2 + cov_weight * [c(z0) + c(z1)]``.
 
     s is the mean squared error, v the hinge ``mean_j max(0, 1 - sqrt(Var(z_j) + 1e-4))`` on the
@@ -59,8 +65,16 @@ def vicreg(
     Args:
         z0, z1: (n, D) expander outputs of two views; row i of each is the same image; n >= 2.
     """
+    return weighted_sum(vicreg_terms(z0, z1), sim_weight, var_weight, cov_weight, with_terms)
+
+
+def weighted_sum(
+    terms: dict[str, torch.Tensor], sim_weight: float, var_weight: float, cov_weight: float, with_terms: bool
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``sim_weight * invariance + var_weight * variance + cov_weight * covariance`` (VICReg and VIbCReg);
+    with ``with_terms``, the unweighted terms too, for logging."""
     for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
         if weight < 0:
             raise ValueError(f"{name} must be >= 0, got {weight}")
-    terms = vicreg_terms(z0, z1)
-    return sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
+    loss = sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
+    return (loss, terms) if with_terms else loss

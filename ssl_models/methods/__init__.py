@@ -1,7 +1,23 @@
-"""Importing this package registers every method: each module here registers its own."""
+"""Every SSL method; importing this package registers each one (``ssl_models.list_methods()``).
 
-import importlib
-import pkgutil
+A new method is a module here with a class under ``@register_method(name)``, imported below.
+"""
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+from ssl_models.methods import (  # noqa: F401  (imported to register)
+    barlow_twins,
+    byol,
+    colorization,
+    cpc,
+    dino,
+    inpainting,
+    jigsaw,
+    mae,
+    moco,
+    relative_position,
+    rotation,
+    simclr,
+    simsiam,
+    triplet,
+    vibcreg,
+    vicreg,
+)

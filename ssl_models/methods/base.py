@@ -1,19 +1,34 @@
-"""What every registered method shares."""
+"""What every registered method shares, and the contract of a method for a user of ``ssl_models`` alone.
+
+Two calls, one for each thing a training loop needs::
+
+    method = ssl_models.create_method("simclr", in_channels=1, image_size=28)
+    views = method.make_views(jitter_strength=0.8)   # this method's views, with its paper's fixed settings
+    out = method(views.apply(uint8_images_nhwc))     # or method(views({"image": numpy_uint8_nhwc}))
+    out["loss"].backward()                           # out["proxy_acc"]: the method's own accuracy
+
+Views come as uint8 (the numpy path, as Ray Data ships them) or as normalized floats (``apply``);
+``method(batch)`` and ``method.training_step(batch)`` take either. Under DDP call ``method(batch)``:
+gradients are synchronized only for calls through ``forward``.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
 
 from ssl_models.backbones import create_backbone
-from ssl_models.views import model_views
+from ssl_models.views import create_views, model_views
 
 
 class SSLMethod(nn.Module):
     """Base class: ``encoder`` + heads + loss, trained by ``training_step``.
 
     Subclasses set ``view_policy`` (the name passed to ``create_views``) and
-    implement ``training_step(batch) -> {"loss": ..., "proxy_acc": ...}``.
+    implement ``training_step(batch) -> {"loss": ..., "proxy_acc": ...}`` on normalized float
+    views; the base class makes every ``training_step`` accept uint8 views too.
     """
 
     method_name: str = ""
@@ -28,9 +43,28 @@ class SSLMethod(nn.Module):
     # The smallest backbone that fits the method, used by the unit tests.
     tiny_backbone: str = "tiny_cnn"
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("training_step")
+        if step is not None:  # uint8 views (the numpy path's) become normalized floats first; floats pass through
+
+            @functools.wraps(step)
+            def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                return step(self, model_views(batch))
+
+            cls.training_step = training_step
+
     def __init__(self, backbone: str = "small_cnn", in_channels: int = 3, image_size: int = 32):
         super().__init__()
+        self.image_size = image_size
         self.encoder = create_backbone(backbone, in_channels=in_channels, image_size=image_size)
+
+    def make_views(self, image_size: int | None = None, **augment):
+        """This method's view policy (``view_policy``, ``num_views``) for images cropped to ``image_size``
+        (default: the method's), with ``augment`` (crop_scale, jitter_strength, blur_p, ..., seed) under
+        the per-view settings the method's paper fixes (``view_kwargs``)."""
+        settings = {**augment, **self.view_kwargs}
+        return create_views(self.view_policy, image_size=image_size or self.image_size, num_views=self.num_views, **settings)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled encoder features (N, num_features), the ones the probes use."""
@@ -42,8 +76,8 @@ class SSLMethod(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # DDP synchronizes gradients only for calls through forward(), so the
         # training loop calls model(batch) and forward is the training step.
-        # Views made by Ray Data arrive as uint8; they become normalized floats here, on the device.
-        return self.training_step(model_views(batch))
+        # Views made by Ray Data arrive as uint8; training_step makes them normalized floats, on the device.
+        return self.training_step(batch)
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Momentum / EMA updates after the optimizer step; nothing for most methods."""

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_models.losses import cpc_infonce_logits
+from ssl_models.losses import cpc_infonce
 from ssl_models.methods.base import SSLMethod
 from ssl_models.registry import register_method
 from ssl_models.vit import VisionTransformer
@@ -119,8 +119,6 @@ class CPC(SSLMethod):
         for k, predictor in enumerate(self.predictors, start=self.first_offset):
             predictions.append(predictor(context[:, : rows - k]).reshape(-1, dim))  # c_{i,j} for i < rows - k
             positives.append(index[:, k:].reshape(-1))  # z_{i+k,j}
-        logits, labels = cpc_infonce_logits(torch.cat(predictions), z.reshape(-1, dim), torch.cat(positives))
-        loss = F.cross_entropy(logits, labels)
-        # How often the true patch ranks first among all patches of all images.
-        proxy_acc = (logits.detach().argmax(dim=1) == labels).float().mean()
+        # proxy accuracy: how often the true patch ranks first among all patches of all images
+        loss, proxy_acc = cpc_infonce(torch.cat(predictions), z.reshape(-1, dim), torch.cat(positives), with_accuracy=True)
         return {"loss": loss, "proxy_acc": proxy_acc}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_models.distributed import gather_with_grad, rank, world_size
-from ssl_models.losses import moco_logits
+from ssl_models.losses import moco_infonce
 from ssl_models.methods.base import SSLMethod
 from ssl_models.momentum import cosine_momentum, ema_update, frozen_copy
 from ssl_models.registry import register_method
@@ -102,13 +102,13 @@ class MoCo(SSLMethod):
         q0 = self.projection_head(self.encoder(x0))
         q1 = self.projection_head(self.encoder(x1))
         k0, k1 = self.keys(x0), self.keys(x1)
-        logits = torch.cat([moco_logits(q0, k1, self.queue, self.temperature), moco_logits(q1, k0, self.queue, self.temperature)])
-        targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)  # the positive is column 0
-        loss = F.cross_entropy(logits, targets)
+        # Symmetrized: each view queries the other's key; both halves have n queries, so the mean of
+        # the two losses is the loss over all 2n queries.
+        loss0, acc0 = moco_infonce(q0, k1, self.queue, self.temperature, with_accuracy=True)
+        loss1, acc1 = moco_infonce(q1, k0, self.queue, self.temperature, with_accuracy=True)
         # Enqueued only after the optimizer step (on_step_end): forward leaves the queue as it is.
         self._pending_keys = torch.cat([k0, k1]).detach()
-        proxy_acc = (logits.detach().argmax(dim=1) == 0).float().mean()
-        return {"loss": loss, "proxy_acc": proxy_acc}
+        return {"loss": (loss0 + loss1) / 2, "proxy_acc": (acc0 + acc1) / 2}
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

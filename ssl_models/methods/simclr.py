@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ssl_models.heads import SimCLRProjectionHead
-from ssl_models.losses import nt_xent_logits
+from ssl_models.losses import nt_xent
 from ssl_models.methods.base import SSLMethod
 from ssl_models.registry import register_method
 
@@ -37,8 +37,6 @@ class SimCLR(SSLMethod):
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z0 = self.projection_head(self.encoder(batch["view_0"]))
         z1 = self.projection_head(self.encoder(batch["view_1"]))
-        logits, targets = nt_xent_logits(z0, z1, self.temperature)
-        loss = torch.nn.functional.cross_entropy(logits, targets)
-        # How often the positive ranks first among all candidates.
-        proxy_acc = (logits.detach().argmax(dim=1) == targets).float().mean()
+        # proxy accuracy: how often the positive ranks first among all candidates
+        loss, proxy_acc = nt_xent(z0, z1, self.temperature, with_accuracy=True)
         return {"loss": loss, "proxy_acc": proxy_acc}

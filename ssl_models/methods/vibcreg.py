@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ssl_models.iternorm import IterNorm
-from ssl_models.losses import vibcreg_terms
+from ssl_models.losses import vibcreg
 from ssl_models.methods.vicreg import VICReg
 from ssl_models.registry import register_method
 
@@ -25,7 +25,7 @@ class VIbCReg(VICReg):
     ``proxy_acc``: how often the embedding of the other view of the same image is the nearest.
     """
 
-    loss_terms = staticmethod(vibcreg_terms)
+    loss_fn = staticmethod(vibcreg)
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ssl_models.heads import ProjectionHead
-from ssl_models.losses import vicreg_terms
+from ssl_models.losses import vicreg
 from ssl_models.methods.base import SSLMethod
 from ssl_models.proxy import nearest_neighbour_accuracy
 from ssl_models.registry import register_method
@@ -27,7 +27,7 @@ class VICReg(SSLMethod):
     (cosine) among the batch's embeddings of that view.
     """
 
-    loss_terms = staticmethod(vicreg_terms)  # the unweighted invariance, variance and covariance terms
+    loss_fn = staticmethod(vicreg)  # the weighted loss, and the unweighted terms for logging
 
     def __init__(
         self,
@@ -44,14 +44,13 @@ class VICReg(SSLMethod):
         for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
             if weight < 0:
                 raise ValueError(f"{name} must be >= 0, got {weight}")
-        self.weights = {"invariance": sim_weight, "variance": var_weight, "covariance": cov_weight}
+        self.loss_weights = {"sim_weight": sim_weight, "var_weight": var_weight, "cov_weight": cov_weight}
         self.projector = ProjectionHead(self.encoder.num_features, hidden_dim, projection_dim, num_layers=3)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z0 = self.projector(self.encoder(batch["view_0"]))
         z1 = self.projector(self.encoder(batch["view_1"]))
-        terms = self.loss_terms(z0, z1)
-        loss = sum(self.weights[name] * value for name, value in terms.items())
+        loss, terms = self.loss_fn(z0, z1, **self.loss_weights, with_terms=True)
         out = {"loss": loss, "proxy_acc": nearest_neighbour_accuracy(z0, z1)}
         out.update({name: value.detach() for name, value in terms.items()})
         return out

@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 RAYJOB_YAML = ROOT / "deploy" / "kuberay" / "rayjob.yaml"
 DOCKERFILE = ROOT / "deploy" / "kuberay" / "Dockerfile"
-README = ROOT / "README.md"
-README_SECTION = "## Running on a cluster"
+CLUSTER_GUIDE = ROOT / "docs" / "cluster.md"  # the README links to it
 VENV_BIN = Path(sys.executable).parent
 
 SET_OVERRIDE = re.compile(r"--set\s+([^\s`'\"]+)")
@@ -75,15 +74,13 @@ def cluster_yaml_comment_lines() -> list[str]:
     return join_continuations([line[1:] for line in lines if line.startswith("#")])
 
 
-def readme_section() -> str:
-    text = README.read_text()
-    start = text.index(README_SECTION)
-    end = text.find("\n## ", start + len(README_SECTION))
-    return text[start : end if end != -1 else len(text)]
+def cluster_guide() -> str:
+    """The cluster guide, whole."""
+    return CLUSTER_GUIDE.read_text()
 
 
-def readme_code_lines() -> list[str]:
-    blocks = re.findall(r"```(?:bash)?\n(.*?)```", readme_section(), flags=re.S)
+def cluster_guide_code_lines() -> list[str]:
+    blocks = re.findall(r"```(?:bash)?\n(.*?)```", cluster_guide(), flags=re.S)
     return join_continuations([line for block in blocks for line in block.splitlines()])
 
 
@@ -103,7 +100,7 @@ def rayssl_argvs(lines: list[str]) -> list[list[str]]:
 def documented_argvs() -> dict[str, list[list[str]]]:
     return {
         "cluster.yaml": rayssl_argvs(cluster_yaml_comment_lines()),
-        "README": rayssl_argvs(readme_code_lines()),
+        "docs/cluster.md": rayssl_argvs(cluster_guide_code_lines()),
         "rayjob.yaml": rayssl_argvs([rayjob_entrypoint()]),
     }
 
@@ -255,11 +252,11 @@ def test_mlflow_server_runs_on_the_heads_private_address():
 def test_documented_commands_are_found():
     argvs = documented_argvs()
     assert len(argvs["cluster.yaml"]) >= 2
-    assert len(argvs["README"]) >= 4
+    assert len(argvs["docs/cluster.md"]) >= 4
     assert len(argvs["rayjob.yaml"]) == 1
 
 
-@pytest.mark.parametrize("source", ["cluster.yaml", "README", "rayjob.yaml"])
+@pytest.mark.parametrize("source", ["cluster.yaml", "docs/cluster.md", "rayjob.yaml"])
 def test_documented_cluster_runs_are_valid_rayssl_commands(source):
     """Each pretrain/tune command parses, loads its config with its overrides and (tune) passes the
     space checks `rayssl tune` runs before Ray starts; each stores its state in S3 and trains on GPUs."""
@@ -289,17 +286,17 @@ def test_other_documented_rayssl_commands_parse():
 
 
 def test_readme_documents_resuming_both_ways():
-    runs = [parse_rayssl(a) for a in documented_argvs()["README"] if a[0] in ("pretrain", "tune")]
+    runs = [parse_rayssl(a) for a in documented_argvs()["docs/cluster.md"] if a[0] in ("pretrain", "tune")]
     assert any(a.command == "pretrain" and any(s.startswith("tracking.run_name=") for s in a.set) for a in runs)
     tunes = [a for a in runs if a.command == "tune"]
     resumed = [a for a in tunes if a.resume]
     assert resumed and all(any(t.name == r.name and not t.resume for t in tunes) for r in resumed)
     for words in ("ray up cluster.yaml", "kubectl apply -f deploy/kuberay/rayjob.yaml", "not deployed"):
-        assert words in readme_section()
+        assert words in cluster_guide()
 
 
 def test_every_set_override_is_a_valid_config():
-    texts = {"cluster.yaml": CLUSTER_YAML.read_text(), "README": readme_section(), "rayjob.yaml": rayjob_entrypoint()}
+    texts = {"cluster.yaml": CLUSTER_YAML.read_text(), "docs/cluster.md": cluster_guide(), "rayjob.yaml": rayjob_entrypoint()}
     for source, text in texts.items():
         overrides = SET_OVERRIDE.findall(text)
         assert overrides, source
@@ -309,7 +306,7 @@ def test_every_set_override_is_a_valid_config():
 
 def test_one_bucket_everywhere():
     """One placeholder bucket, so replacing it once in each file sets up a cluster."""
-    texts = [CLUSTER_YAML.read_text(), RAYJOB_YAML.read_text(), readme_section()]
+    texts = [CLUSTER_YAML.read_text(), RAYJOB_YAML.read_text(), cluster_guide()]
     buckets = {b for text in texts for b in S3_URI.findall(text)}
     assert len(buckets) == 1, buckets
 

@@ -18,7 +18,8 @@ METHODS = ("simclr", "rotation")
 
 def test_demo_runs_the_search_shares_baselines_and_prints_headlines(ray_session, fmnist_shards, tmp_path, capsys):
     space = tmp_path / "space.yaml"
-    space.write_text(f"method.name: {{grid: [{', '.join(METHODS)}]}}\n")
+    # a bundle, as tune_spaces/demo.yaml: each method with its own (here: SimCLR's searched) augmentation
+    space.write_text("recipe: {grid: [{method.name: simclr, data.augment.jitter_strength: 0.7}, {method.name: rotation}]}\n")
     overrides = [
         *(s for s in TINY_RUN if not s.startswith(("probe.baselines", "train.epochs", "probe.epoch_knn_images"))),
         "probe.epoch_knn_images=256",  # the metric the demo's search records per epoch
@@ -42,6 +43,8 @@ def test_demo_runs_the_search_shares_baselines_and_prints_headlines(ray_session,
     experiment = tracking.newest_experiment(uri)
     runs = [r for r in tracking.search_runs(uri, experiment) if r.data.tags.get("rayssl.kind") != "tune"]
     assert sorted(r.data.params["method.name"] for r in runs) == sorted(METHODS)
+    jitter = {r.data.params["method.name"]: r.data.params["data.augment.jitter_strength"] for r in runs}
+    assert jitter == {"simclr": "0.7", "rotation": "0.4"}  # the bundle's value, and the default where it sets none
     for run in runs:
         assert {"probe/finetune_2pc_top1", "baseline/supervised_2pc_top1", "baseline/pixels_linear_top1"} <= set(run.data.metrics)
     assert len({r.data.metrics["baseline/pixels_linear_top1"] for r in runs}) == 1  # computed once, read back

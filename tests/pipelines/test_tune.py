@@ -72,6 +72,46 @@ def test_every_shipped_space_reads(fmnist_shards, tmp_path):
         assert to_tune(read_space(name, keys), "random")
 
 
+def test_a_space_reads_into_typed_entries_that_tune_and_pbt_take(tmp_path):
+    from ray import tune
+
+    from pipelines.tune import pbt_mutations
+    from tune_spaces import SpaceEntry, to_tune
+
+    text = "optim.lr: {loguniform: [0.01, 0.5]}\nmethod.temperature: {choice: [0.1, 0.5]}\ntrain.epochs: {grid: [1, 2]}\n"
+    space = read_space(_space(tmp_path, text), set(build_config().flat()))
+    assert space["method.temperature"] == SpaceEntry("method.temperature", "choice", [0.1, 0.5])
+    assert space["optim.lr"].values == [0.01, 0.5] and not space["optim.lr"].listed
+    random = to_tune(space, "random")
+    assert isinstance(random["optim.lr"], tune.search.sample.Float) and random["train.epochs"] == {"grid_search": [1, 2]}
+    with pytest.raises(SpaceError, match=r"optim.lr: grid search needs choice or grid values, not loguniform"):
+        to_tune(space, "grid")
+    mutations = pbt_mutations(space)
+    assert mutations["train.epochs"] == [1, 2]  # listed ints stay a list
+    assert mutations["method.temperature"].lower == 0.1 and mutations["method.temperature"].upper == 0.5  # floats: a range
+
+
+def test_a_bundle_varies_several_keys_together_and_is_checked_before_ray(tmp_path):
+    from pipelines.trial import trial_config
+    from pipelines.tune import check_space_values, searched_keys
+
+    keys = set(build_config().flat())
+    text = "recipe: {grid: [{method.name: simclr, data.augment.jitter_strength: 0.7}, {method.name: rotation}]}\n"
+    space = read_space(_space(tmp_path, text), keys)
+    assert space["recipe"].bundle and len(space["recipe"].args) == 2
+    assert searched_keys({k: e.as_yaml() for k, e in space.items()}) == ["method.name", "data.augment.jitter_strength"]
+    base = build_config().model_dump(mode="json")
+    cfg, _ = trial_config(base, {"recipe": space["recipe"].args[0], "optim.lr": 0.1})
+    assert (cfg.method.name, cfg.data.augment.jitter_strength, cfg.optim.lr) == ("simclr", 0.7, 0.1)
+    with pytest.raises(SpaceError, match=r"recipe: 'data.augment.jitter' is not a config key"):
+        read_space(_space(tmp_path, "recipe: {grid: [{data.augment.jitter: 0.7}]}\n"), keys)
+    with pytest.raises(SpaceError, match=r"'method' is a config section"):
+        read_space(_space(tmp_path, "method: {grid: [{method.name: simclr}]}\n"), keys)
+    bad = read_space(_space(tmp_path, "recipe: {grid: [{method.name: simclr}, {method.name: nope}]}\n"), keys)
+    with pytest.raises(ConfigError, match=r"space value recipe=\{'method.name': 'nope'\}: .*unknown method 'nope'"):
+        check_space_values(build_config(), bad)
+
+
 def test_bad_space_value_fails_before_ray_starts(fmnist_shards, tmp_path):
     # An unknown method name inside a space is a config error found before any trial runs.
     cfg = _base(fmnist_shards, tmp_path / "runs")

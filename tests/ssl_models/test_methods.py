@@ -21,9 +21,11 @@ def test_one_training_step_trains_every_encoder_parameter(name):
     accepted = inspect.signature(cls).parameters
     heads = {k: 32 for k in ("projection_dim", "hidden_dim") if k in accepted}
     method = ssl_models.create_method(name, backbone=cls.tiny_backbone, in_channels=channels, image_size=32, **heads)
-    policy = ssl_models.create_views(method.view_policy, image_size=32, num_views=method.num_views, seed=0)
+    views = method.make_views(seed=0)  # the contract: views for a method, then a step on what they return
     images = torch.randint(0, 255, (8, 36, 36, channels), dtype=torch.uint8)
-    out = method(policy.apply(images))
+    on_uint8 = method.training_step(views({"image": images.numpy()}))  # the numpy path's uint8 views
+    assert torch.isfinite(on_uint8["loss"])
+    out = method(views.apply(images))
     assert torch.isfinite(out["loss"])
     assert 0.0 <= float(out["proxy_acc"]) <= 1.0
     out["loss"].backward()
@@ -36,3 +38,29 @@ def test_one_training_step_trains_every_encoder_parameter(name):
 def test_backbones_expose_num_features(backbone):
     net = ssl_models.create_backbone(backbone, in_channels=1, image_size=28)
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, net.num_features)
+
+
+def test_one_registry_type_names_every_kind_and_refuses_twice():
+    from ssl_models.registry import Registry
+
+    with pytest.raises(ValueError, match=r"unknown backbone 'nope'; known backbones: .*small_cnn"):
+        ssl_models.create_backbone("nope")
+    with pytest.raises(ValueError, match=r"unknown view policy 'nope'; known view policies: .*multi_view"):
+        ssl_models.create_views("nope")
+    things = Registry("thing")
+    things.register("a")(dict)
+    with pytest.raises(ValueError, match=r"thing 'a' is registered twice"):
+        things.register("a")(list)
+
+
+def test_the_methods_space_lists_every_registered_method_that_trains_on_grey_images():
+    """tune_spaces/methods.yaml is the grid over methods; held here to the registry, so a new method joins it."""
+    from tune_spaces import read_space
+
+    space = read_space("methods", {"method.name"})
+    grey = {
+        name
+        for name in ssl_models.list_methods()
+        if not ssl_models.method_class(name).requires_rgb and not ssl_models.method_class(name).tiny_backbone.startswith("vit")
+    }
+    assert set(space["method.name"].args) == grey
