@@ -29,6 +29,7 @@ import numpy as np
 import ssl_models
 from pipelines import tracking
 from pipelines.cluster import ensure_ray
+from pipelines.compare import mean_spread
 from pipelines.config import build_config, with_recipe
 from pipelines.data import read_manifest
 from pipelines.report import format_table
@@ -50,11 +51,6 @@ HEADERS = [
     "wall s / seed",
     "seeds",
 ]
-
-
-def mean_spread(values: list[float]) -> str:
-    """``mean ± half the range``: with two seeds, the two values are mean - x and mean + x."""
-    return f"{np.mean(values):.3f} ± {(max(values) - min(values)) / 2:.3f}"
 
 
 def column(runs: list[dict], key: str) -> list[float]:
@@ -156,9 +152,9 @@ def main() -> None:
             [
                 name,
                 recipe_summary(cfg),
-                mean_spread(linear),
-                mean_spread(knn),
-                mean_spread(random_init),
+                mean_spread(linear, 3),
+                mean_spread(knn, 3),
+                mean_spread(random_init, 3),
                 f"{np.mean(pixels):.3f}",
                 f"{100 * (np.mean(linear) - np.mean(pixels)):+.1f}",
                 f"{100 * (np.mean(linear) - np.mean(random_init)):+.1f}",

@@ -13,7 +13,8 @@ import torch
 from pipelines.data import DataError
 
 FILE_NAME = "checkpoint.pt"
-ARTIFACT_PATH = f"checkpoint/{FILE_NAME}"  # where a run's final checkpoint lives among its MLflow artifacts
+ARTIFACT_DIR = "checkpoint"  # where a run's final checkpoint lives among its MLflow artifacts
+ARTIFACT_PATH = f"{ARTIFACT_DIR}/{FILE_NAME}"
 MANIFEST_KEYS = ("mode", "channels", "image_size", "classes")  # what a checkpoint needs of its shards' manifest
 
 

@@ -101,34 +101,38 @@ def comparison_table(rows: list[RunRow]) -> str:
     return format_table(headers, body)
 
 
-def mean_spread(values: list[float]) -> str:
-    """``mean ± half the range`` of the values (NaN-free), as the quality table (docs/results.md) writes it."""
+def mean_spread(values: list[float], digits: int = 4) -> str:
+    """``mean ± half the range`` of the values (NaN-free), as the quality table (docs/results.md) writes it;
+    with two seeds, the two values are mean - x and mean + x."""
     if not values:
         return "-"
     mean = sum(values) / len(values)
-    return f"{mean:.4f} ± {(max(values) - min(values)) / 2:.4f}" if len(values) > 1 else f"{mean:.4f}"
+    return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def seeds_table(rows: list[RunRow]) -> str | None:
     """One row per configuration (method and searched values) run with more than one ``train.seed``:
-    the seeds, and linear and kNN top-1 as mean ± half the range over them. None when no configuration repeats."""
+    the seeds, and linear and kNN top-1 (RankMe too, when the runs have it: unlabeled data has nothing else)
+    as mean ± half the range over them. None when no configuration repeats."""
     varying = varying_params(rows)
     groups: dict[tuple, list[RunRow]] = {}
     for r in rows:
         groups.setdefault((r.method, *(r.params.get(k, "") for k in varying)), []).append(r)
     if not any(len({r.params.get("train.seed") for r in group}) > 1 for group in groups.values()):
         return None
-    headers = ["method", *varying, "seeds", "linear (mean ± half-range)", "kNN (mean ± half-range)", "finished"]
-    body = []
+    keys = [k for k in ("probe/linear_top1", "probe/knn_top1") if any(k in r.metrics for r in rows)] or ["probe/linear_top1"]
+    keys += [k for k in ("probe/rankme",) if any(k in r.metrics for r in rows)]
+    names = {"probe/linear_top1": "linear", "probe/knn_top1": "kNN", "probe/rankme": "RankMe"}
+    headers = ["method", *varying, "seeds", *(f"{names[k]} (mean ± half-range)" for k in keys), "finished"]
+    ranked = []
     for key, group in groups.items():
         done = [r for r in group if r.status == "FINISHED"]
-        body.append(
-            [*key, ",".join(sorted({r.params.get("train.seed", "?") for r in group}, key=_seed_order))]
-            + [mean_spread([r.metrics[k] for r in done if k in r.metrics]) for k in ("probe/linear_top1", "probe/knn_top1")]
-            + [f"{len(done)}/{len(group)}"]
-        )
-    body.sort(key=lambda row: row[len(headers) - 3], reverse=True)  # best linear mean first
-    return format_table(headers, body)
+        values = [[r.metrics[k] for r in done if k in r.metrics] for k in keys]
+        row = [*key, ",".join(sorted({r.params.get("train.seed", "?") for r in group}, key=_seed_order))]
+        row += [mean_spread(v, digits=1 if k == "probe/rankme" else 4) for k, v in zip(keys, values, strict=True)]
+        ranked.append((sum(values[0]) / len(values[0]) if values[0] else -math.inf, [*row, f"{len(done)}/{len(group)}"]))
+    ranked.sort(key=lambda pair: pair[0], reverse=True)  # best mean of the first column first
+    return format_table(headers, [row for _, row in ranked])
 
 
 def _seed_order(seed: str):

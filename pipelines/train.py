@@ -177,7 +177,7 @@ def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str,
         if state.get("pending_metrics"):  # the tracking server was away when the workers last tried
             rows = tracking.unrecorded(state["pending_metrics"], tracking.recorded_steps(uri, run_id))
             tracking.log_metric_rows(uri, run_id, rows)
-        tracking.log_artifact(uri, run_id, checkpoint.file_in(folder), Path(checkpoint.ARTIFACT_PATH).parent.as_posix())
+        tracking.log_artifact(uri, run_id, checkpoint.file_in(folder), checkpoint.ARTIFACT_DIR)
     method = build_method(cfg, manifest)
     method.load_state_dict(state["model"])
     metrics = run_probes(method, cfg)

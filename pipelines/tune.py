@@ -298,6 +298,8 @@ def summarize_trials(uri: str, experiment: str, parent_run_id: str) -> list[dict
     """The parent's child runs: trial id, run id, searched params (as the trial used them), status, metrics."""
     parent = tracking.get_run(uri, parent_run_id)
     searched = searched_keys(json.loads(parent.data.params.get("space.definition", "{}")))
+    if int(parent.data.params.get("seeds", "1")) > 1:  # --seeds: which seed each trial ran with
+        searched.append("train.seed")
     out = []
     for run in tracking.find_runs(uri, experiment, {"mlflow.parentRunId": parent_run_id}):
         out.append(

@@ -85,11 +85,11 @@ def space_path(name_or_file: str) -> Path:
 
 
 def _is_bundle(spec: Any) -> bool:
-    return isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in LISTED and _all_mappings(next(iter(spec.values())))
-
-
-def _all_mappings(args: Any) -> bool:
-    return isinstance(args, list) and bool(args) and all(isinstance(v, dict) and v for v in args)
+    """``{choice|grid: [mapping, ...]}``: every value a non-empty mapping of config keys."""
+    if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in LISTED):
+        return False
+    (values,) = spec.values()
+    return isinstance(values, list) and bool(values) and all(isinstance(v, dict) and v for v in values)
 
 
 def _entry(path: Path, key: str, spec: Any, known_keys: set[str]) -> SpaceEntry:
