@@ -396,4 +396,24 @@ def log_dataset_inputs(uri: str, run_id: str, shards: str, manifest: dict, conte
         tags = [InputTag("mlflow.data.context", context if context != "train" else ("train" if split == "train" else "eval"))]
         inputs.append(DatasetInput(dataset, tags))
     if inputs:
-        client(uri).log_inputs(run_id, datasets=inputs)
+        _log_inputs_racing_peers(client(uri), run_id, inputs)
+
+
+def _log_inputs_racing_peers(mlflow_client, run_id: str, inputs: list, attempts: int = 5) -> None:
+    """Log dataset inputs when concurrent runs (Tune trials) log the same dataset at the same moment.
+
+    MLflow's SQL store checks whether a (name, digest) dataset exists and then inserts it, in two steps:
+    two runs that log the same shard set at once can both see none, and the second insert fails on the
+    UNIQUE constraint. Retrying finds the peer's row and only links it to this run."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            mlflow_client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as error:
+            if "UNIQUE constraint" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))  # back off, so the peer's transaction commits first
