@@ -79,7 +79,16 @@ def experiment_id(uri: str, name: str) -> str:
         if "mlflow.experimentKind" not in exp.tags:  # made before rayssl tagged them, or by another tool
             c.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return exp.experiment_id
-    return c.create_experiment(name, artifact_location=_artifact_root(uri), tags=EXPERIMENT_KIND)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.create_experiment(name, artifact_location=_artifact_root(uri), tags=EXPERIMENT_KIND)
+    except MlflowException:
+        # a concurrent run (another trial, another driver) created it between our lookup and create
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def _param_value(value: Any) -> str:

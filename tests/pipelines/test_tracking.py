@@ -93,32 +93,35 @@ def test_shards_are_recorded_as_the_runs_dataset_inputs(fmnist_shards, tmp_path)
     assert len({i.dataset.digest for i in inputs}) == 1  # one manifest, one digest
 
 
-def _log_the_same_shards(uri: str, experiment_id: str, start, outcomes) -> None:
-    run_id = tracking.client(uri).create_run(experiment_id).info.run_id
-    start.wait()  # every process logs at the same moment, as Tune trials that start together do
+def _start_and_log_the_same_shards(uri: str, start, outcomes) -> None:
     try:
+        start.wait(timeout=60)  # every process starts at the same moment, as Tune trials that start together do
+        run_id = tracking.start_run(uri, "concurrent", "r", {})  # the experiment does not exist yet
+        start.wait(timeout=60)  # a peer that failed above breaks the barrier: reported, not a hang
         tracking.log_dataset_inputs(uri, run_id, "/data/shards", {"splits": {"train": {"rows": 10}, "test": {"rows": 5}}})
         outcomes.put((run_id, "ok"))
     except Exception as error:  # noqa: BLE001 - the outcome is the assertion
-        outcomes.put((run_id, str(error).splitlines()[0]))
+        outcomes.put((str(error), str(error).splitlines()[0]))
 
 
-def test_concurrent_runs_log_the_same_dataset_without_failing(tmp_path):
+def test_concurrent_runs_create_the_experiment_and_log_the_same_dataset(tmp_path):
     # CI lost a demo trial to this: MLflow's SQL store checks for the dataset, then inserts it, so two
     # trials logging one shard set at once both inserted, and the second died on the UNIQUE constraint.
+    # Creating the experiment has the same shape (look up, then create).
     import multiprocessing
 
     uri = tracking.resolve_tracking_uri(None, tmp_path)
-    experiment_id = tracking.client(uri).create_experiment("concurrent")
+    tracking.client(uri).search_experiments()  # create the store's tables once, before the race
     ctx = multiprocessing.get_context("spawn")
     processes, start, outcomes = 6, ctx.Barrier(6), ctx.Queue()
-    workers = [ctx.Process(target=_log_the_same_shards, args=(uri, experiment_id, start, outcomes)) for _ in range(processes)]
+    workers = [ctx.Process(target=_start_and_log_the_same_shards, args=(uri, start, outcomes)) for _ in range(processes)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=120)
     results = dict(outcomes.get(timeout=10) for _ in range(processes))
     assert set(results.values()) == {"ok"}, results
+    assert len(tracking.client(uri).search_experiments(filter_string="name = 'concurrent'")) == 1
     for run_id in results:  # each run links both splits
         names = sorted(i.dataset.name for i in tracking.get_run(uri, run_id).inputs.dataset_inputs)
         assert names == ["shards/test", "shards/train"]
