@@ -37,6 +37,22 @@ def save(
     return path
 
 
+def uri_of(saved) -> str:
+    """A Ray Train checkpoint's location as one string that names its filesystem: ``s3://bucket/...`` on
+    object storage, a local path otherwise. (``Checkpoint.path`` alone drops the scheme, and a
+    ``Checkpoint`` rebuilt from it would look on the local disk.)"""
+    kind = getattr(saved.filesystem, "type_name", "local")
+    return saved.path if kind == "local" else f"{kind}://{saved.path}"
+
+
+def under_storage(path: str, storage_root: str) -> str:
+    """A checkpoint path that Ray reported without its scheme (Tune's ``checkpoint_path`` metric), as a
+    location under ``storage_root``: ``s3://...`` again when the storage is an object store."""
+    if "://" in path or "://" not in storage_root:
+        return path
+    return f"{storage_root.split('://', 1)[0]}://{path}"
+
+
 def file_in(path: str | Path) -> Path:
     """The checkpoint file of ``path``: the file itself or the folder holding it."""
     p = Path(path)

@@ -41,6 +41,8 @@ def cmd_shard(args) -> int:
         f"{s}: {v['rows']} rows ({v['labeled']} labeled) in {len(v['shards'])} shards" for s, v in m["splits"].items()
     )
     print(f"wrote {args.out} ({splits}; {m['image_size'][0]}x{m['image_size'][1]} {m['mode']}, {len(m['classes'])} classes)")
+    if result.reused:
+        print(f"kept {result.reused} shards an interrupted run had already written with the same rows")
     if not any(v["labeled"] for v in m["splits"].values()):
         print(
             "note: no labeled images (no class sub-folders): pretraining works on these shards; to probe the encoder, "

@@ -1,8 +1,9 @@
 """``rayssl shard``: write validated Parquet shards from Fashion-MNIST or an image folder.
 
 Every image is opened, fully decoded, converted and checked here, once: unreadable files are
-skipped and counted in the manifest (or stop the run with ``strict``). Shards are written under
-temporary names and renamed into place, and ``manifest.json`` comes last.
+skipped and counted in the manifest (or stop the run with ``strict``). ``out`` is a folder or an
+object-store prefix (``s3://bucket/shards``). Each shard is published whole, ``manifest.json`` comes
+last, and a re-run after an interruption keeps the shards already written with the same rows.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines import storage
 from pipelines.data import (
     FASHION_MNIST_CLASSES,
     IMAGE_SUFFIXES,
@@ -31,13 +34,18 @@ from pipelines.data import (
 
 @dataclass
 class _SplitWriter:
-    """Writes one split's rows into numbered Parquet files, each renamed into place when complete."""
+    """Writes one split's rows into numbered Parquet files under ``out_dir`` (a folder or an ``s3://`` prefix).
 
-    out_dir: Path
+    Each file is published whole (``storage.write_bytes``). A part that an interrupted run already wrote
+    with the same rows (the digest of its ids and labels, kept in the file's footer) is not written again.
+    """
+
+    out_dir: str
     rows_per_shard: int
     rows: list[tuple[bytes, int, str]] = field(default_factory=list)
     written: int = 0
     labeled: int = 0
+    reused: int = 0
     files: list[str] = field(default_factory=list)
 
     def add(self, png: bytes, label: int, image_id: str) -> None:
@@ -48,26 +56,57 @@ class _SplitWriter:
     def flush(self) -> None:
         if not self.rows:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         images, labels, ids = zip(*self.rows, strict=True)
-        table = pa.table({"image": list(images), "label": list(labels), "id": list(ids)}, schema=SCHEMA)
         name = f"part-{len(self.files):05d}.parquet"
-        tmp = self.out_dir / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.out_dir / name)  # a reader never sees a half-written shard
+        digest = hashlib.sha1(json.dumps([ids, labels]).encode("utf-8", "surrogateescape")).hexdigest()
+        target = f"{self.out_dir}/{name}"
+        if _footer_digest(target) == digest:
+            self.reused += 1
+        else:
+            table = pa.table({"image": list(images), "label": list(labels), "id": list(ids)}, schema=SCHEMA)
+            table = table.replace_schema_metadata({DIGEST_KEY: digest})
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table, buffer)
+            storage.write_bytes(target, buffer.getvalue().to_pybytes())  # a reader never sees a half-written shard
         self.files.append(name)
         self.written += len(self.rows)
         self.labeled += sum(1 for label in labels if label >= 0)
         self.rows = []
 
+    def remove_strays(self) -> int:
+        """Delete part files this run did not write (left by an interrupted run with other settings)."""
+        fs, base = pafs.FileSystem.from_uri(self.out_dir)
+        found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        strays = [f.path for f in found if f.base_name.startswith(("part-", ".part-")) and f.base_name not in self.files]
+        for path in strays:
+            fs.delete_file(path)
+        return len(strays)
+
     def summary(self) -> dict:
         return {"rows": self.written, "labeled": self.labeled, "shards": self.files}
 
 
+DIGEST_KEY = b"rayssl.rows_digest"  # in each part's Parquet footer: which rows it holds, so a re-run can keep it
+
+
+def _footer_digest(target: str) -> str | None:
+    """The rows digest of an existing part file, or None when there is none (or it is unreadable)."""
+    fs, path = pafs.FileSystem.from_uri(target)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    try:
+        metadata = pq.read_schema(path, filesystem=fs).metadata or {}
+    except (pa.ArrowException, OSError):
+        return None
+    value = metadata.get(DIGEST_KEY)
+    return value.decode() if value else None
+
+
 @dataclass
 class ShardResult:
-    out_dir: Path
+    out_dir: str
     manifest: dict
+    reused: int = 0  # part files an interrupted run had written with the same rows, kept as they were
 
     @property
     def skipped(self) -> list[dict]:
@@ -127,8 +166,10 @@ def write_shards(
             return label
         return -1
 
-    out = Path(out)
-    writers = {s: _SplitWriter(out / s, rows_per_shard) for s in ("train", "test")}
+    out = out if storage.is_remote(out) else str(Path(out).expanduser().resolve())
+    storage.check_bucket(out, "--out")
+    _remove_manifest(out)  # until the new one is written last, nobody mistakes this folder for a whole shard set
+    writers = {s: _SplitWriter(f"{out}/{s}", rows_per_shard) for s in ("train", "test")}
     skipped: list[dict] = []
     if source == "fashion-mnist":
         mode, classes = "L", FASHION_MNIST_CLASSES
@@ -186,6 +227,13 @@ def write_shards(
         "skipped_count": len(skipped),
         "skipped": skipped,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return ShardResult(out, manifest)
+    for writer in writers.values():
+        writer.remove_strays()
+    storage.write_bytes(f"{out}/manifest.json", json.dumps(manifest, indent=2).encode())
+    return ShardResult(out, manifest, reused=sum(w.reused for w in writers.values()))
+
+
+def _remove_manifest(out: str) -> None:
+    fs, base = pafs.FileSystem.from_uri(out)
+    if fs.get_file_info(f"{base}/manifest.json").type == pafs.FileType.File:
+        fs.delete_file(f"{base}/manifest.json")

@@ -19,7 +19,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 import ssl_models
-from pipelines import checkpoint, tracking
+from pipelines import checkpoint, storage, tracking
 from pipelines.build import build_method, ignored_method_fields
 from pipelines.cluster import check_capacity, ensure_ray, ray_log_level
 from pipelines.config import Config, ConfigError, with_recipe
@@ -49,6 +49,10 @@ def validate(cfg: Config) -> dict:
     cfg.data.shards = resolve_uri(cfg.data.shards)
     cfg.tracking.runs_dir = str(Path(cfg.tracking.runs_dir).expanduser().resolve())
     check_capacity(cfg)
+    # object storage: a missing bucket, refused credentials or a down endpoint, in one line each
+    storage.check_bucket(cfg.data.shards, "data.shards")
+    storage.check_bucket(cfg.probe.shards or "", "probe.shards")
+    storage.check_bucket(cfg.storage(), "tracking.storage_path")
     manifest = read_manifest(cfg.data.shards)
     check_shards(cfg.data.shards, manifest)
     size = manifest["image_size"][0]
@@ -163,11 +167,11 @@ def fit_and_probe(
     log_config(cfg, uri, run_id)
     t0 = time.perf_counter()
     result = fit(cfg, manifest, uri, run_id, ray_run_name, storage_path, callbacks)
-    metrics = probe_checkpoint_and_log(cfg, manifest, uri, run_id, result.checkpoint.path)
+    metrics = probe_checkpoint_and_log(cfg, manifest, uri, run_id, checkpoint.uri_of(result.checkpoint))
     metrics["wall_s"] = time.perf_counter() - t0
     metrics.update({k: v for k, v in (result.metrics or {}).items() if k.startswith("train/")})
     tracking.log_metrics(uri, run_id, {"wall_s": metrics["wall_s"]}, step=cfg.train.epochs)
-    return metrics, result.checkpoint.path
+    return metrics, checkpoint.uri_of(result.checkpoint)
 
 
 def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str, checkpoint_dir: str) -> dict[str, float]:

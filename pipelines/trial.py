@@ -101,10 +101,10 @@ def run_trial(
 def _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, storage: str, interval: int) -> None:
     """Train ``interval`` epochs at a time from the checkpoint Tune hands back (PBT may have cloned it)."""
     start_epoch, init = 0, None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        init = checkpoint.path
-        with checkpoint.as_directory() as folder:
+    handed = tune.get_checkpoint()
+    if handed is not None:
+        init = saved_checkpoint.uri_of(handed)
+        with handed.as_directory() as folder:
             start_epoch = saved_checkpoint.completed_epochs(folder)
     # MLflow params cannot change: the values this trial follows from here on are metrics at this epoch.
     followed = {f"pbt/{k}": float(v) for k, v in params.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -114,6 +114,6 @@ def _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, storage: str
         stop = min(start_epoch + interval, cfg.train.epochs)
         name = f"{trial_id}-e{start_epoch + 1}-{uuid.uuid4().hex[:6]}"  # fresh name: never auto-resume another segment
         result = fit(cfg, manifest, uri, run_id, name, storage, init_checkpoint=init, stop_epoch=stop)
-        init, start_epoch = result.checkpoint.path, stop
+        init, start_epoch = saved_checkpoint.uri_of(result.checkpoint), stop
         tune.report(dict(result.metrics), checkpoint=tune.Checkpoint(init))
     probe_checkpoint_and_log(cfg, manifest, uri, run_id, init)

@@ -25,7 +25,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from pipelines import tracking
+from pipelines import checkpoint, tracking
 from pipelines.cluster import ensure_ray
 from pipelines.config import Config, ConfigError, build_config
 from pipelines.evaluate import has_labels
@@ -185,14 +185,18 @@ def _finish_unfinished_trials(cfg: Config, manifest: dict, uri: str, experiment:
         if result.error is not None:
             tracking.end_run(uri, run_id, "FAILED")
             continue
-        checkpoint = (result.metrics or {}).get("checkpoint_path") or (result.checkpoint.path if result.checkpoint else None)
-        if not checkpoint:
+        reported = (result.metrics or {}).get("checkpoint_path")
+        if reported:
+            last = checkpoint.under_storage(reported, cfg.storage())
+        else:
+            last = checkpoint.uri_of(result.checkpoint) if result.checkpoint else None
+        if not last:
             tracking.end_run(uri, run_id, "KILLED")  # stopped before its first epoch ended: nothing to probe
             continue
         trial_cfg, _ = trial_config(cfg.model_dump(mode="json"), result.config)
         tracking.reopen_run(uri, run_id)
         with tracking.run_status(uri, run_id):
-            metrics = probe_checkpoint_and_log(trial_cfg, manifest, uri, run_id, checkpoint)
+            metrics = probe_checkpoint_and_log(trial_cfg, manifest, uri, run_id, last)
             # ASHA also stops trials that reached max_t, right after their last report: not early.
             if metrics["epochs"] < trial_cfg.train.epochs:
                 tracking.set_tag(uri, run_id, "rayssl.stopped_early", "true")

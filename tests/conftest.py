@@ -106,8 +106,11 @@ def start_ray():
 
 
 @pytest.fixture
-def ray_session():
-    """A real local Ray instance, shared by every test of the session."""
+def ray_session(s3):
+    """A real local Ray instance, shared by every test of the session.
+
+    It starts after the S3 server, so that Ray's workers inherit its endpoint and credentials.
+    """
     yield start_ray()
 
 
@@ -128,15 +131,16 @@ def _free_port() -> int:
 class MlflowServer:
     """A real `mlflow server` process on 127.0.0.1 with a SQLite store; it can stop and start again on the same port."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, artifacts: str | None = None):
         self.root, self.port = root, _free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.artifacts = artifacts or str(root / "artifacts")  # a folder, or s3://... (the server uploads there)
         self.proc = None
 
     def start(self) -> str:
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}"]
-        cmd += ["--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--artifacts-destination", self.artifacts, "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--workers", "1"]
         log = self.root / "server.log"
         with open(log, "a") as out:
@@ -163,3 +167,73 @@ def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     yield server.start()
     server.stop()
+
+
+S3_BUCKET = "rayssl-test"
+
+
+class S3Server:
+    """A real S3-compatible server (moto's standalone server) on 127.0.0.1, with credentials it checks.
+
+    Its first three requests create an IAM user allowed ``s3:*`` and that user's access key; every
+    request after them must be signed with that key, as on a real store, so wrong credentials fail.
+    """
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> dict[str, str]:
+        import json
+
+        import boto3
+
+        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
+        log = self.root / "moto.log"
+        with open(log, "a") as out:
+            cmd = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.proc.kill()
+                    raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(0.2)
+        setup = {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}  # the unchecked first requests
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1", **setup)
+        iam.create_user(UserName="rayssl")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="rayssl", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="rayssl")["AccessKey"]
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A session's S3 server with one bucket; its endpoint and credentials are in the environment, the
+    way rayssl's users give them (pyarrow, Ray and MLflow read them from there). Yields the bucket's URI."""
+    import boto3
+
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    env = server.start()
+    os.environ.update(env)
+    boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+    yield f"s3://{S3_BUCKET}"
+    server.stop()
+    for name in env:
+        os.environ.pop(name, None)

@@ -1,0 +1,180 @@
+"""Object storage for real: a moto S3 server on 127.0.0.1 (the ``s3`` fixture), spoken to over HTTP
+with checked credentials, by pyarrow, Ray Data, Ray Train, Ray Tune and an MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pytest
+
+from pipelines import shard, storage, tracking
+from pipelines.cli import main
+from pipelines.config import build_config
+from pipelines.data import read_manifest
+from pipelines.train import validate
+from tests.conftest import TINY_RUN, MlflowServer
+
+REPO = Path(__file__).resolve().parents[2]
+EPOCHS = 3
+
+
+def _objects(uri: str) -> list[str]:
+    """Every object under ``uri``, relative to it."""
+    fs, base = pafs.FileSystem.from_uri(uri)
+    found = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    return sorted(f.path[len(base) + 1 :] for f in found if f.type == pafs.FileType.File)
+
+
+def _rows(uri: str) -> list[str]:
+    return pads.dataset(uri, format="parquet").to_table(columns=["id"]).column("id").to_pylist()
+
+
+def test_shards_go_straight_to_s3_manifest_last_and_a_rerun_continues(s3, monkeypatch):
+    out = f"{s3}/shards-rerun"
+    published = []
+    real_flush = shard._SplitWriter.flush
+
+    def interrupted_flush(self):  # the run dies after two shards were published, as a killed process would
+        if not self.rows:
+            return
+        if len(published) == 2:
+            raise KeyboardInterrupt("interrupted")
+        real_flush(self)
+        published.append(self.files[-1])
+
+    monkeypatch.setattr(shard._SplitWriter, "flush", interrupted_flush)
+    with pytest.raises(KeyboardInterrupt):
+        shard.write_shards("fashion-mnist", out, rows_per_shard=100, limit=300)
+    assert _objects(out) == ["train/part-00000.parquet", "train/part-00001.parquet"]  # no manifest: not a shard set
+    monkeypatch.setattr(shard._SplitWriter, "flush", real_flush)
+
+    result = shard.write_shards("fashion-mnist", out, rows_per_shard=100, limit=300)
+    assert result.reused == 2  # the two published shards were kept, not written again
+    manifest = read_manifest(out)
+    assert manifest["splits"]["train"]["rows"] == 300 and manifest["splits"]["test"]["rows"] == 300
+    for split in ("train", "test"):  # what a reader of the folder sees: every row once
+        ids = _rows(f"{out}/{split}")
+        assert len(ids) == len(set(ids)) == 300
+
+    # Different settings over the same prefix: the old layout's extra part is removed, not read twice.
+    again = shard.write_shards("fashion-mnist", out, rows_per_shard=200, limit=300)
+    assert again.reused == 0
+    assert [p for p in _objects(out) if p.startswith("train/")] == ["train/part-00000.parquet", "train/part-00001.parquet"]
+    assert len(_rows(f"{out}/train")) == 300
+
+
+def test_the_cli_shards_to_s3_and_pretraining_checks_read_them(s3, capsys):
+    assert main(["shard", "fashion-mnist", "--out", f"{s3}/shards-cli", "--limit", "64", "--rows-per-shard", "32"]) == 0
+    assert f"wrote {s3}/shards-cli (train: 64 rows (64 labeled) in 2 shards" in capsys.readouterr().out
+    cfg = build_config({}, [f"data.shards={s3}/shards-cli", f"tracking.storage_path={s3}/ray"])
+    assert validate(cfg)["splits"]["test"]["rows"] == 64
+
+
+def test_missing_bucket_and_refused_credentials_fail_in_one_line_before_ray(s3, monkeypatch, capsys):
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    shard.write_shards("fashion-mnist", f"{s3}/shards-checks", limit=32)
+    good = [f"data.shards={s3}/shards-checks"]
+    cases = {
+        "data.shards": ["data.shards=s3://no-such-bucket/shards"],
+        "tracking.storage_path": [*good, "tracking.storage_path=s3://no-such-bucket/ray"],
+        "probe.shards": [*good, "probe.shards=s3://no-such-bucket/probe"],
+    }
+    for field, overrides in cases.items():
+        with pytest.raises(storage.StorageError) as caught:
+            validate(build_config({}, overrides))
+        assert str(caught.value) == (
+            f"s3://no-such-bucket ({field}): no such bucket at {endpoint}; "
+            "create it (for example 'aws s3 mb s3://no-such-bucket') or fix the name"
+        )
+    assert main(["shard", "fashion-mnist", "--out", "s3://no-such-bucket/x", "--limit", "8"]) != 0
+    assert "s3://no-such-bucket (--out): no such bucket" in capsys.readouterr().err
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    refused = rf"^{s3} \(data\.shards\): {endpoint} refused the credentials \(ACCESS_DENIED\); check AWS_ACCESS_KEY_ID"
+    with pytest.raises(storage.StorageError, match=refused):
+        validate(build_config({}, good))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(storage.StorageError, match=r"cannot reach http://127\.0\.0\.1:9 .*check AWS_ENDPOINT_URL"):
+        validate(build_config({}, good))
+
+
+def _cli(*overrides: str) -> list[str]:
+    args = [sys.executable, "-m", "pipelines.cli", "pretrain"]
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+@pytest.mark.e2e
+def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_machine(s3, tmp_path):
+    """Shards, Ray Train checkpoints and MLflow artifacts all on S3. A worker process dies in epoch 2,
+    the driver is SIGKILLed after it, the local runs folder is deleted (a new cluster), and the same
+    command resumes from the S3 checkpoint and finishes, with each epoch's metrics recorded once."""
+    import shutil
+
+    import ray
+
+    shards = f"{s3}/e2e-shards"
+    shard.write_shards("fashion-mnist", shards, rows_per_shard=256, limit=1024)
+    server = MlflowServer(tmp_path / "server", artifacts=f"{s3}/mlflow-artifacts")
+    server.root.mkdir()
+    uri = server.start()
+    runs = tmp_path / "runs"
+    storage_path = f"{s3}/ray-e2e"
+    args = _cli(
+        f"data.shards={shards}",
+        f"tracking.runs_dir={runs}",
+        f"tracking.tracking_uri={uri}",
+        f"tracking.storage_path={storage_path}",
+        "tracking.run_name=s3drill",
+        *TINY_RUN,
+        "faults.exit_at_step=13",  # 5 steps into epoch 2 (8 steps an epoch)
+        "faults.exit_rank=1",
+    )
+    ray.shutdown()  # the driver below starts its own Ray, as from a user's shell; one instance at a time
+    env = dict(os.environ, RAY_ADDRESS="local")
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if f"epoch 2/{EPOCHS}" in line:  # after the worker died and Ray Train restored it
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        first = "".join(lines)
+        assert "faults: worker rank 1 exits at step 13" in first, first[-3000:]  # the process really died
+        assert f"epoch 2/{EPOCHS}" in first, first[-3000:]
+        assert any(p.endswith("/checkpoint.pt") for p in _objects(storage_path))  # Ray Train wrote to S3
+
+        shutil.rmtree(runs)  # a new machine: nothing local survives, only S3 and the tracking server
+        rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        out = rerun.stdout + rerun.stderr
+        assert rerun.returncode == 0, out[-4000:]
+        (run,) = tracking.search_runs(uri, "rayssl")
+        assert f"resuming run s3drill (MLflow {run.info.run_id}, was RUNNING)" in out
+        assert f"epoch 1/{EPOCHS}" not in out  # continued from the S3 checkpoint, not from scratch
+        assert run.info.status == "FINISHED" and "probe/linear_top1" in run.data.metrics
+        assert sorted(step for step, _ in tracking.metric_history(uri, run.info.run_id, "train/loss")) == [1, 2, 3]
+        assert not (runs / "ray").exists()  # Ray's state went to S3 only
+
+        artifacts = _objects(f"{s3}/mlflow-artifacts")  # the server stored the run's artifacts on S3
+        for name in ("config.yaml", "checkpoint/checkpoint.pt"):
+            assert any(p.endswith(f"{run.info.run_id}/artifacts/{name}") for p in artifacts), (name, artifacts[:20])
+        model_id = run.data.tags["rayssl.encoder_model"].rsplit("/", 1)[-1]  # MLflow 3 keeps logged models apart
+        assert any(p.endswith(f"models/{model_id}/artifacts/MLmodel") for p in artifacts), artifacts[:20]
+        inputs = {i.dataset.name: json.loads(i.dataset.source)["uri"] for i in run.inputs.dataset_inputs}
+        assert inputs["e2e-shards/train"] == f"{shards}/train"  # the dataset input names the S3 source
+    finally:
+        proc.kill()
+        server.stop()
