@@ -9,8 +9,10 @@ and a write that a reader never sees half done.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -40,33 +42,33 @@ _AWS_ERROR = re.compile(r"AWS Error ([A-Z_]+)")
 _REFUSED = {"ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "INVALID_CLIENT_TOKEN_ID"}
 
 
-def explain(uri: str, error: OSError, field: str) -> StorageError:
+def explain(uri: str, error: OSError | str, field: str | None) -> StorageError:
     """One line for an object-store error on ``uri`` (named by its config ``field``): what, and what to do."""
     scheme, bucket = uri.split("://", 1)[0], _bucket_of(uri)
     code = _AWS_ERROR.search(str(error))
     code = code.group(1) if code else ""
-    where = f"{scheme}://{bucket}"
+    where = f"{scheme}://{bucket}" + (f" ({field})" if field else "")
     if code in _REFUSED:
         return StorageError(
-            f"{where} ({field}): {endpoint()} refused the credentials ({code}); "
+            f"{where}: {endpoint()} refused the credentials ({code}); "
             "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the node's role) and the bucket's policy"
         )
     if code in {"NETWORK_CONNECTION", "UNKNOWN"} or "Couldn't connect" in str(error) or "curlCode" in str(error):
         return StorageError(
-            f"{where} ({field}): cannot reach {endpoint()} ({code or 'connection failed'}); "
+            f"{where}: cannot reach {endpoint()} ({code or 'connection failed'}); "
             "check AWS_ENDPOINT_URL and that the object store is up"
         )
     if code == "NO_SUCH_BUCKET":
         return missing_bucket(uri, field)
     first = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return StorageError(f"{where} ({field}): {first}")
+    return StorageError(f"{where}: {first}")
 
 
-def missing_bucket(uri: str, field: str) -> StorageError:
+def missing_bucket(uri: str, field: str | None) -> StorageError:
     scheme, bucket = uri.split("://", 1)[0], _bucket_of(uri)
+    where = f"{scheme}://{bucket}" + (f" ({field})" if field else "")
     return StorageError(
-        f"{scheme}://{bucket} ({field}): no such bucket at {endpoint()}; create it "
-        f"(for example 'aws s3 mb {scheme}://{bucket}') or fix the name"
+        f"{where}: no such bucket at {endpoint()}; create it (for example 'aws s3 mb {scheme}://{bucket}') or fix the name"
     )
 
 
@@ -105,3 +107,39 @@ def write_bytes(uri_or_path: str | Path, data: bytes) -> None:
     tmp = local.parent / f".{local.name}.tmp"
     tmp.write_bytes(data)
     os.replace(tmp, local)
+
+
+# pyarrow names the bucket in its S3 errors: "... for key 'a/b' in bucket 'name': AWS Error CODE ..."
+_IN_BUCKET = re.compile(r"in bucket '([^']+)'.*?(AWS Error [A-Z_]+.*)$", re.M)
+
+
+def object_store_cause(err: BaseException | None) -> StorageError | None:
+    """The object-store failure behind ``err`` (Ray Train and Ray Data wrap it, often only as text), as one line."""
+    seen: set[int] = set()
+    pending = [err]
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, StorageError):
+            return e
+        found = _IN_BUCKET.search(str(e))
+        if found:
+            return explain(f"s3://{found.group(1)}", found.group(2), None)
+        pending += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        pending += list(getattr(e, "worker_failures", {}).values())  # Ray Train's WorkerGroupError
+    return None
+
+
+@contextlib.contextmanager
+def errors_in_one_line() -> Iterator[None]:
+    """Re-raise an object-store failure found behind any error inside (the endpoint went away mid-run,
+    the credentials expired) as one ``StorageError`` line. ``RAYSSL_TRACEBACK=1`` keeps the original."""
+    try:
+        yield
+    except Exception as err:
+        cause = object_store_cause(err)
+        if cause is None or os.environ.get("RAYSSL_TRACEBACK"):
+            raise
+        raise cause from None

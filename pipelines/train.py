@@ -139,7 +139,8 @@ def fit(
         datasets={"train": dataset if dataset is not None else build_pretrain_dataset(cfg, manifest)},
     )
     fail_fast_on_unfixable_errors()
-    with unfixable_errors_in_one_line():  # bad data or config: one line, not the workers' tracebacks
+    # bad data or config, or an object store gone: one line, not the workers' tracebacks
+    with storage.errors_in_one_line(), unfixable_errors_in_one_line():
         result = _fit_with_timeout(trainer, cfg.train.timeout_s)
     if isinstance(result.return_value, dict) and "error" in result.return_value:
         raise NonFiniteLossError(result.return_value["error"])

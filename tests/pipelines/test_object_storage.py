@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,3 +179,71 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
     finally:
         proc.kill()
         server.stop()
+
+
+def _wait_for_object(uri: str, name: str, timeout_s: float = 120) -> None:
+    """Poll the store (directly, not through the outage) until an object called ``name`` exists under ``uri``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not any(p.endswith(name) for p in _objects(uri)):
+        assert time.monotonic() < deadline, f"no {name} under {uri} after {timeout_s} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.e2e
+def test_the_endpoint_going_away_mid_epoch_fails_in_one_line_and_keeps_what_was_written(s3, tmp_path):
+    """The object store stops answering after epoch 1 (every connection dropped, new ones refused).
+    The run fails with one line naming the bucket and the endpoint, MLflow keeps it FAILED with epoch
+    1's metrics, and once the endpoint is back the same command resumes from epoch 1's S3 checkpoint."""
+    import ray
+
+    from tests.conftest import TcpOutage
+
+    shards = f"{s3}/outage-shards"
+    shard.write_shards("fashion-mnist", shards, rows_per_shard=256, limit=1024)
+    outage = TcpOutage(int(os.environ["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))  # in front of the session's server
+    outage.restore()
+    runs = tmp_path / "runs"
+    uri = tracking.resolve_tracking_uri(None, runs)
+    args = _cli(
+        f"data.shards={shards}",
+        f"tracking.runs_dir={runs}",
+        f"tracking.storage_path={s3}/ray-outage",
+        "tracking.run_name=outage",
+        *TINY_RUN,
+    )
+    ray.shutdown()  # the driver below starts its own Ray, as from a user's shell; one instance at a time
+    env = dict(os.environ, RAY_ADDRESS="local", AWS_ENDPOINT_URL=outage.endpoint, MLFLOW_S3_ENDPOINT_URL=outage.endpoint)
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if f"epoch 1/{EPOCHS}" in line:
+                # Ray Train has registered epoch 1's checkpoint once its snapshot is on S3; cut after that
+                _wait_for_object(f"{s3}/ray-outage/ray", "checkpoint_manager_snapshot.json")
+                outage.cut()
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+        outage.cut()
+    first = "".join(lines)
+    assert proc.returncode == 2, first[-4000:]
+    unreachable = rf"rayssl: error: {s3}: cannot reach {outage.endpoint} \((NETWORK_CONNECTION|UNKNOWN)\); "
+    assert re.match(unreachable + "check AWS_ENDPOINT_URL and that the object store is up", lines[-1]), lines[-1]
+    assert 'File "<frozen runpy>"' not in first  # the driver's own traceback is not printed
+    (run,) = tracking.search_runs(uri, "rayssl")
+    assert run.info.status == "FAILED"
+    before = [step for step, _ in tracking.metric_history(uri, run.info.run_id, "train/loss")]
+    assert before[:1] == [1] and len(before) == len(set(before))  # epoch 1 (and any epoch after it) kept, once
+
+    outage.restore()  # the endpoint is back: the same command resumes from what S3 kept
+    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    outage.cut()
+    out = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, out[-4000:]
+    assert f"resuming run outage (MLflow {run.info.run_id}, was FAILED)" in out and f"epoch 1/{EPOCHS}" not in out
+    # An epoch trained after the last checkpoint S3 took is trained again, and recorded again at its step.
+    assert {step for step, _ in tracking.metric_history(uri, run.info.run_id, "train/loss")} == {1, 2, 3}
+    assert tracking.get_run(uri, run.info.run_id).info.status == "FINISHED"

@@ -271,8 +271,10 @@ def _child_runs(uri, experiment):
 
 
 @pytest.mark.e2e
-def test_interrupted_search_resumes_without_duplicates(fmnist_shards, tmp_path):
-    """Ctrl-C the driver after the first trial finished; --resume runs only what was left."""
+def test_interrupted_search_resumes_without_duplicates(fmnist_shards, s3, tmp_path):
+    """Ctrl-C the driver after the first trial finished; --resume runs only what was left, from the Tune
+    state and Ray Train checkpoints it kept on S3 (``tracking.storage_path``)."""
+    import pyarrow.fs as pafs
     import ray
 
     ray.shutdown()  # the driver below starts its own Ray, as from a user's shell; one instance at a time
@@ -281,6 +283,7 @@ def test_interrupted_search_resumes_without_duplicates(fmnist_shards, tmp_path):
     space = _space(tmp_path, "optim.lr: {grid: [0.1, 0.05]}\n")
     args = [sys.executable, "-m", "pipelines.cli", "tune", "--space", space, "--search", "grid", "--name", "resume-test"]
     args += ["--set", f"data.shards={fmnist_shards}", "--set", f"tracking.runs_dir={runs_dir}"]
+    args += ["--set", f"tracking.storage_path={s3}/tune-resume"]
     for item in ("data.batch_size=64", "data.max_train_images=256", "method.backbone=tiny_cnn", "train.epochs=1"):
         args += ["--set", item]
     args += ["--set", "probe.baselines=false", "--set", "probe.max_train_images=256", "--set", "probe.max_test_images=128"]
@@ -300,6 +303,10 @@ def test_interrupted_search_resumes_without_duplicates(fmnist_shards, tmp_path):
     before = {r.info.run_id: r for r in _child_runs(uri, "resume-test")}
     done_before = {rid for rid, r in before.items() if r.info.status == "FINISHED"}
     assert len(done_before) == 1
+    fs, base = pafs.FileSystem.from_uri(f"{s3}/tune-resume/tune/resume-test")
+    kept = [f.base_name for f in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if f.type == pafs.FileType.File]
+    assert any(name.startswith("experiment_state") for name in kept), kept  # Tune's state is on S3
+    assert not (runs_dir / "tune").exists()
 
     resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
