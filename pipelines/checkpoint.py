@@ -77,3 +77,21 @@ def load(path: str | Path) -> dict:
 def completed_epochs(path: str | Path) -> int:
     """How many epochs the checkpoint has trained (its 0-based epoch + 1)."""
     return int(load(path)["epoch"]) + 1
+
+
+def is_remote_checkpoint(source: str) -> bool:
+    """True for a registered model (``models:/...``) or an MLflow run id that is not also a local path."""
+    if Path(source).exists():
+        return False
+    return source.startswith("models:/") or (len(source) == 32 and all(ch in "0123456789abcdef" for ch in source))
+
+
+def local_copy(uri: str, source: str, dst: str | Path) -> Path:
+    """A local checkpoint for ``source``: a path as it is, else an MLflow run id or a registered model
+    (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), whose run's checkpoint artifact is downloaded."""
+    if not is_remote_checkpoint(source):
+        return Path(source)
+    from pipelines import tracking
+
+    run_id = tracking.registered_run_id(uri, source) if source.startswith("models:/") else source
+    return tracking.download_artifact(uri, run_id, ARTIFACT_PATH, dst)

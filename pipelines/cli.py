@@ -122,8 +122,8 @@ def cmd_demo(args) -> int:
     """Shard Fashion-MNIST once, run the demo space's method comparison, print the compare table."""
     import time
 
-    from pipelines import tracking
     from pipelines.compare import collect_runs, compare, headlines
+    from pipelines.report import ui_command
     from pipelines.shard import write_shards
     from pipelines.tune import SearchSettings, run_search
 
@@ -148,13 +148,12 @@ def cmd_demo(args) -> int:
         print(line)
     print()
     print(f"MLflow store: {result.tracking_uri} (experiment {result.experiment!r})")
-    print(f"Open the UI:  .venv/bin/{tracking.ui_command(result.tracking_uri, result.experiment)}")
+    print(f"Open the UI:  .venv/bin/{ui_command(result.tracking_uri, result.experiment)}")
     return 0
 
 
 def cmd_tune(args) -> int:
-    from pipelines import tracking
-    from pipelines.report import format_table
+    from pipelines.report import format_table, ui_command
     from pipelines.tune import SearchSettings, run_search
 
     cfg = _load(args)
@@ -189,7 +188,7 @@ def cmd_tune(args) -> int:
         print(f"best encoder registered as {result.registered} (rayssl export/probe take it)")
     print(f"MLflow experiment {result.experiment!r} in {result.tracking_uri}")
     print(f"compare the trials: rayssl compare --experiment {result.experiment}")
-    print(f"see them in the UI: {tracking.ui_command(result.tracking_uri, result.experiment)}")
+    print(f"see them in the UI: {ui_command(result.tracking_uri, result.experiment)}")
     return 0
 
 
@@ -216,14 +215,14 @@ def cmd_compare(args) -> int:
 
 def _checkpoint_source(args, tmp: str) -> Path:
     """``args.checkpoint`` as a local file: a path, an MLflow run id, or ``models:/NAME@ALIAS`` (downloaded to ``tmp``)."""
-    from pipelines import tracking
+    from pipelines import checkpoint, tracking
 
     source = args.checkpoint
-    if not tracking.is_remote_checkpoint(source):
+    if not checkpoint.is_remote_checkpoint(source):
         return Path(source)
     uri = tracking.resolve_tracking_uri(getattr(args, "tracking_uri", None), getattr(args, "runs_dir", "rayssl-runs"))
     tracking.check_reachable(uri)
-    return tracking.checkpoint_source(uri, source, tmp)
+    return checkpoint.local_copy(uri, source, tmp)
 
 
 def cmd_export(args) -> int:

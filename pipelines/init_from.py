@@ -67,12 +67,12 @@ def load_encoder_weights(encoder: nn.Module, path: Path, source: str | None = No
 def init_encoder(encoder: nn.Module, cfg: Config) -> None:
     """Load ``cfg.method.init_from`` into ``encoder`` (downloading a run's or a registered model's checkpoint)."""
     source = cfg.method.init_from
-    if not tracking.is_remote_checkpoint(source):
+    if not checkpoint.is_remote_checkpoint(source):
         load_encoder_weights(encoder, Path(source), source)
         return
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        load_encoder_weights(encoder, tracking.checkpoint_source(uri, source, tmp), source)
+        load_encoder_weights(encoder, checkpoint.local_copy(uri, source, tmp), source)
 
 
 def check_init_from(cfg: Config, method: nn.Module) -> None:
@@ -80,7 +80,7 @@ def check_init_from(cfg: Config, method: nn.Module) -> None:
     source = cfg.method.init_from
     if source is None:
         return
-    if not tracking.is_remote_checkpoint(source):
+    if not checkpoint.is_remote_checkpoint(source):
         path = Path(source).expanduser()
         if not path.exists():
             raise ConfigError(f"method.init_from {source}: no such file or folder")

@@ -127,46 +127,6 @@ def log_metric_rows(uri: str, run_id: str, rows: list[dict]) -> None:
         client(uri).log_batch(run_id, metrics=items[i : i + 1000])
 
 
-class MetricBuffer:
-    """Per-epoch metrics from a training worker that never block training on the tracking server.
-
-    When the server does not answer, the metrics stay here (and travel in each checkpoint via
-    ``pending``) and are sent with the next epoch's metrics, or by the driver at the end.
-
-    After a restart an epoch may run twice: once in the attempt that was lost after it logged,
-    once again from the last checkpoint Ray Train registered (which can be older than the last
-    one reported: a worker that dies within a second or two of a report can take it along).
-    Each ``(key, step)`` is recorded once: the buffer reads what the run already has when it
-    first reaches the server, and drops rows recorded before (the first attempt's values stay).
-    """
-
-    def __init__(self, uri: str, run_id: str, pending: list[dict] | None = None):
-        self.uri, self.run_id = uri, run_id
-        self.pending: list[dict] = list(pending or [])
-        self.recorded: set[tuple[str, int]] | None = None  # read from the server on first contact
-        # Fail fast inside workers (MLflow otherwise retries for minutes); the driver keeps the defaults.
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
-
-    def log(self, metrics: dict[str, float], step: int) -> bool:
-        """Queue ``metrics`` and try to send everything queued; returns whether it all arrived."""
-        self.pending += metric_rows(metrics, step)
-        try:
-            if self.recorded is None:
-                self.recorded = recorded_steps(self.uri, self.run_id)
-            self.pending = unrecorded(self.pending, self.recorded)
-            log_metric_rows(self.uri, self.run_id, self.pending)
-        except Exception as err:  # any transport or server error: keep the rows, train on
-            print(
-                f"warning: MLflow at {self.uri} did not take metrics ({type(err).__name__}); "
-                f"{len(self.pending)} buffered, sent when it answers again",
-                flush=True,
-            )
-            return False
-        self.pending = []
-        return True
-
-
 def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     client(uri).log_artifact(run_id, str(path), artifact_path)
 
@@ -221,11 +181,6 @@ def recorded_steps(uri: str, run_id: str) -> set[tuple[str, int]]:
     return {(key, m.step) for key in c.get_run(run_id).data.metrics for m in c.get_metric_history(run_id, key)}
 
 
-def unrecorded(rows: list[dict], recorded: set[tuple[str, int]]) -> list[dict]:
-    """The metric rows whose ``(key, step)`` is not in ``recorded`` (from ``recorded_steps``)."""
-    return [r for r in rows if (r["key"], r["step"]) not in recorded]
-
-
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in client(uri).get_metric_history(run_id, key)]
 
@@ -254,25 +209,6 @@ def log_artifacts(uri: str, run_id: str, folder: str | Path, artifact_path: str 
 def download_artifact(uri: str, run_id: str, artifact_path: str, dst: str | Path) -> Path:
     """Copy one artifact of a run (e.g. ``checkpoint/checkpoint.pt``) into ``dst``; returns the local path."""
     return Path(client(uri).download_artifacts(run_id, artifact_path, str(dst)))
-
-
-LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
-
-
-def ui_experiment_url(uri: str, experiment: str) -> str:
-    """The experiment's runs table in MLflow's UI. MLflow 3's UI opens every experiment on its GenAI
-    overview (traces, tokens) unless the URL asks for the model-training view, whatever the
-    experiment's ``mlflow.experimentKind`` tag says (seen in headless Chromium, MLflow 3.17)."""
-    base = LOCAL_UI if uri.startswith("sqlite:///") else uri.rstrip("/")
-    return f"{base}/#/experiments/{experiment_id(uri, experiment)}?workflowType=machine_learning"
-
-
-def ui_command(uri: str, experiment: str | None = None) -> str:
-    """What to type to see the runs in MLflow's UI (and which page to open, given the experiment)."""
-    page = f" and open {ui_experiment_url(uri, experiment)}" if experiment else ""
-    if uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {uri}{page}"
-    return f"open {ui_experiment_url(uri, experiment) if experiment else uri} in a browser"
 
 
 def log_encoder_model(uri: str, run_id: str, model, example) -> str:
@@ -347,36 +283,18 @@ def register_encoder(uri: str, run_id: str, name: str, alias: str = "best") -> s
     return f"models:/{name}@{alias}"
 
 
-def checkpoint_source(uri: str, source: str, dst: str | Path) -> Path:
-    """A local checkpoint for ``source``: a path as it is, else an MLflow run id or a registered model
-    (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), whose run's checkpoint artifact is downloaded."""
-    if not is_remote_checkpoint(source):
-        return Path(source)
+def registered_run_id(uri: str, model_uri: str) -> str:
+    """The run that logged a registered model version: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
     from mlflow.exceptions import MlflowException
 
-    run_id = source
-    if source.startswith("models:/"):
-        name, _, ref = source.removeprefix("models:/").partition("@")
-        c = client(uri)
-        try:
-            if ref:
-                version = c.get_model_version_by_alias(name, ref)
-            else:
-                name, _, number = name.partition("/")
-                version = c.get_model_version(name, number)
-        except MlflowException as err:
-            raise TrackingError(f"{source}: no such registered model version in {uri} ({err.message.splitlines()[0]})") from None
-        run_id = version.run_id
-    from pipelines.checkpoint import ARTIFACT_PATH
-
-    return download_artifact(uri, run_id, ARTIFACT_PATH, dst)
-
-
-def is_remote_checkpoint(source: str) -> bool:
-    """True for a registered model (``models:/...``) or an MLflow run id that is not also a local path."""
-    if Path(source).exists():
-        return False
-    return source.startswith("models:/") or (len(source) == 32 and all(ch in "0123456789abcdef" for ch in source))
+    name, _, ref = model_uri.removeprefix("models:/").partition("@")
+    try:
+        if ref:
+            return client(uri).get_model_version_by_alias(name, ref).run_id
+        name, _, number = name.partition("/")
+        return client(uri).get_model_version(name, number).run_id
+    except MlflowException as err:
+        raise TrackingError(f"{model_uri}: no such registered model version in {uri} ({err.message.splitlines()[0]})") from None
 
 
 def log_dataset_inputs(uri: str, run_id: str, shards: str, manifest: dict, context: str = "train") -> None:

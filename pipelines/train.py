@@ -27,6 +27,7 @@ from pipelines.data import check_shards, load_images, read_manifest, resolve_uri
 from pipelines.evaluate import PROBES_SKIPPED, check_probe_set, has_labels, run_probes
 from pipelines.failures import NonFiniteLossError, fail_fast_on_unfixable_errors, unfixable_errors_in_one_line
 from pipelines.init_from import check_init_from
+from pipelines.metric_buffer import unrecorded
 from pipelines.stream import build_pretrain_dataset
 from pipelines.worker import train_loop_per_worker
 from ssl_models.embedding import EmbeddingModel
@@ -180,7 +181,7 @@ def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str,
     with Checkpoint(checkpoint_dir).as_directory() as folder:
         state = checkpoint.load(folder)
         if state.get("pending_metrics"):  # the tracking server was away when the workers last tried
-            rows = tracking.unrecorded(state["pending_metrics"], tracking.recorded_steps(uri, run_id))
+            rows = unrecorded(state["pending_metrics"], tracking.recorded_steps(uri, run_id))
             tracking.log_metric_rows(uri, run_id, rows)
         tracking.log_artifact(uri, run_id, checkpoint.file_in(folder), checkpoint.ARTIFACT_DIR)
     method = build_method(cfg, manifest)

@@ -27,6 +27,7 @@ from pipelines.evaluate import EpochKNN, EpochRankMe, has_labels
 from pipelines.failures import NonFiniteLossError, unfixable_errors_in_one_line
 from pipelines.faults import FaultInjector
 from pipelines.init_from import init_encoder
+from pipelines.metric_buffer import MetricBuffer
 from pipelines.stream import train_images
 from ssl_models.optim import set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE
@@ -215,7 +216,7 @@ def _train_loop(loop_config: dict) -> None:
         epoch_probes["probe/epoch_knn_top1"] = EpochKNN(cfg)
     if rank == 0 and cfg.probe.rankme_images:
         epoch_probes["probe/epoch_rankme"] = EpochRankMe(cfg)
-    buffer = tracking.MetricBuffer(uri, run_id, pending) if rank == 0 else None
+    buffer = MetricBuffer(uri, run_id, pending) if rank == 0 else None
     _record_worker_nodes(rank, world, uri, run_id, start_epoch + 1)
     step = start_epoch * steps_per_epoch
     # The lr schedule always spans train.epochs; a PBT segment stops early at stop_epoch.

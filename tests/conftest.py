@@ -297,3 +297,18 @@ class TcpOutage:
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
+
+
+def measured(name: str, value: float, *, above: float | None = None, below: float | None = None) -> float:
+    """Return ``value`` unchanged, and when ``RAYSSL_MEASURED`` names a file, append it there with the
+    test's id and the threshold it is held to: ``benchmarks/threshold_spread.py`` reads several full
+    runs of the suite and says how many standard deviations each threshold sits from the mean."""
+    log = os.environ.get("RAYSSL_MEASURED")
+    if log:
+        import json
+
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+        row = {"test": test, "name": name, "value": float(value), "above": above, "below": below}
+        with open(log, "a") as out:
+            out.write(json.dumps(row) + "\n")
+    return value

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import torch
 
-from pipelines import tracking
+from pipelines import checkpoint, tracking
 from pipelines.build import build_method
 from pipelines.config import build_config
 from pipelines.data import load_images, read_manifest
@@ -93,7 +93,7 @@ def test_best_encoder_registered_and_models_uri_accepted_where_checkpoints_are(f
     version = tracking.client(uri).get_model_version_by_alias("fmnist-encoder", "best")
     assert version.tags["probe/linear_top1"] == "0.81" and version.tags["rayssl.run_id"] == run_id
 
-    local = tracking.checkpoint_source(uri, "models:/fmnist-encoder@best", tmp_path / "dl")
+    local = checkpoint.local_copy(uri, "models:/fmnist-encoder@best", tmp_path / "dl")
     assert torch.load(local, weights_only=True)["epoch"] == 1
     assert main(["export", "models:/fmnist-encoder@best", "--format", "state-dict", "--out", str(tmp_path / "w"),
                  "--runs-dir", str(tmp_path)]) == 0  # fmt: skip

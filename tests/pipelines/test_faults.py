@@ -17,7 +17,7 @@ from pipelines import tracking
 from pipelines.config import ConfigError, build_config
 from pipelines.failures import NonFiniteLossError
 from pipelines.train import pretrain, validate
-from tests.conftest import TINY_RUN, MlflowServer
+from tests.conftest import TINY_RUN, MlflowServer, measured
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS, STEPS_PER_EPOCH = 3, 8  # as in TINY_RUN: 512 images / 2 workers / 32 per worker
@@ -52,7 +52,8 @@ def test_worker_killed_mid_epoch_restarts_and_records_every_epoch_once(ray_sessi
     assert [r.info.run_id for r in runs] == [result.run_id] and runs[0].info.status == "FINISHED"
     assert _epochs_logged(uri, result.run_id) == [1, 2, 3]  # every epoch, each once
     # above chance (0.1) with room: a 512-image tiny run once gave 0.285, so 0.3 sat inside its spread
-    assert result.metrics["epochs"] == EPOCHS and 0.15 < result.metrics["probe/linear_top1"] <= 1
+    assert result.metrics["epochs"] == EPOCHS
+    assert 0.15 < measured("probe/linear_top1", result.metrics["probe/linear_top1"], above=0.15) <= 1
 
 
 @pytest.mark.e2e

@@ -11,6 +11,7 @@ from pipelines.data import load_labeled
 from pipelines.evaluate import LabeledSplits
 from pipelines.finetune import few_label_indices, few_label_metrics, finetune_top1
 from pipelines.preview import preview
+from tests.conftest import measured
 
 
 def test_few_label_indices_take_n_per_class_with_a_fixed_seed():
@@ -38,7 +39,8 @@ def test_finetune_learns_from_ten_labels_per_class_and_leaves_the_encoder_alone(
     acc = finetune_top1(
         encoder, splits.train_images[idx], splits.train_labels[idx], splits.test_images, splits.test_labels, 10, steps=150
     )
-    assert 0.25 < acc <= 1.0  # well above chance (0.1) from 100 labels, even for the 4-8-16 channel tiny_cnn
+    # well above chance (0.1) from 100 labels, even for the 4-8-16 channel tiny_cnn
+    assert 0.25 < measured("finetune top-1, 100 labels", acc, above=0.25) <= 1.0
     for k, v in encoder.state_dict().items():
         torch.testing.assert_close(v, before[k])
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import tracking
+from pipelines import report, tracking
 from pipelines.build import build_method
 from pipelines.config import build_config
 from pipelines.data import read_manifest
@@ -49,7 +49,7 @@ def test_the_ui_opens_a_rayssl_experiment_on_its_runs_with_dataset_and_model(mlf
     log_encoder(build_method(cfg, manifest), cfg, mlflow_server, run_id)
     tracking.log_metrics(mlflow_server, run_id, {"probe/linear_top1": 0.5}, step=1)
     tracking.end_run(mlflow_server, run_id, "FINISHED")
-    url = tracking.ui_experiment_url(mlflow_server, "ui-check")
+    url = report.ui_experiment_url(mlflow_server, "ui-check")
 
     runs = _text(_chromium(tmp_path, url, "--dump-dom"))
     assert "Runs - Experiment" in runs and "Token Usage" not in runs  # the runs table, not the GenAI overview

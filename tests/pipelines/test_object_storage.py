@@ -244,6 +244,6 @@ def test_the_endpoint_going_away_mid_epoch_fails_in_one_line_and_keeps_what_was_
     out = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, out[-4000:]
     assert f"resuming run outage (MLflow {run.info.run_id}, was FAILED)" in out and f"epoch 1/{EPOCHS}" not in out
-    # An epoch trained after the last checkpoint S3 took is trained again, and recorded again at its step.
-    assert {step for step, _ in tracking.metric_history(uri, run.info.run_id, "train/loss")} == {1, 2, 3}
+    # An epoch trained after the last checkpoint S3 took is trained again; MLflow keeps its first values.
+    assert sorted(step for step, _ in tracking.metric_history(uri, run.info.run_id, "train/loss")) == [1, 2, 3]
     assert tracking.get_run(uri, run.info.run_id).info.status == "FINISHED"

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from pipelines import tracking
+from pipelines.metric_buffer import MetricBuffer
 
 
 def test_default_store_is_an_absolute_sqlite_uri_in_runs_dir(tmp_path, monkeypatch):
@@ -39,7 +40,7 @@ def test_metric_buffer_keeps_what_the_server_did_not_take(tmp_path, monkeypatch)
         monkeypatch.setenv(name, "")  # restored after the test: the buffer sets them for its (worker) process
     uri = tracking.resolve_tracking_uri(None, tmp_path)
     run_id = tracking.start_run(uri, "exp", "r", {})
-    buffer = tracking.MetricBuffer("http://127.0.0.1:9", run_id)  # nothing listens there
+    buffer = MetricBuffer("http://127.0.0.1:9", run_id)  # nothing listens there
     assert buffer.log({"train/loss": 2.5}, step=1) is False
     assert [(r["key"], r["value"], r["step"]) for r in buffer.pending] == [("train/loss", 2.5, 1)]
     buffer.uri = uri  # the server is back
@@ -49,7 +50,7 @@ def test_metric_buffer_keeps_what_the_server_did_not_take(tmp_path, monkeypatch)
     # A restart from the epoch-1 checkpoint after epoch 2 was logged: epoch 2 runs again and
     # its checkpoint still carried epoch 1's row as pending; each (key, step) stays recorded once.
     pending = tracking.metric_rows({"train/loss": 2.5}, step=1)
-    resumed = tracking.MetricBuffer(uri, run_id, pending)
+    resumed = MetricBuffer(uri, run_id, pending)
     assert resumed.log({"train/loss": 1.9, "train/lr": 0.1}, step=2) is True
     assert resumed.log({"train/loss": 1.5}, step=3) is True
     assert tracking.metric_history(uri, run_id, "train/loss") == [(1, 2.5), (2, 2.0), (3, 1.5)]

@@ -1,0 +1,52 @@
+"""Per-epoch metrics from a training worker that never block training on the tracking server."""
+
+from __future__ import annotations
+
+import os
+
+from pipelines import tracking
+
+
+def unrecorded(rows: list[dict], recorded: set[tuple[str, int]]) -> list[dict]:
+    """The metric rows whose ``(key, step)`` is not in ``recorded`` (from ``recorded_steps``)."""
+    return [r for r in rows if (r["key"], r["step"]) not in recorded]
+
+
+class MetricBuffer:
+    """Per-epoch metrics from a training worker that never block training on the tracking server.
+
+    When the server does not answer, the metrics stay here (and travel in each checkpoint via
+    ``pending``) and are sent with the next epoch's metrics, or by the driver at the end.
+
+    After a restart an epoch may run twice: once in the attempt that was lost after it logged,
+    once again from the last checkpoint Ray Train registered (which can be older than the last
+    one reported: a worker that dies within a second or two of a report can take it along).
+    Each ``(key, step)`` is recorded once: the buffer reads what the run already has when it
+    first reaches the server, and drops rows recorded before (the first attempt's values stay).
+    """
+
+    def __init__(self, uri: str, run_id: str, pending: list[dict] | None = None):
+        self.uri, self.run_id = uri, run_id
+        self.pending: list[dict] = list(pending or [])
+        self.recorded: set[tuple[str, int]] | None = None  # read from the server on first contact
+        # Fail fast inside workers (MLflow otherwise retries for minutes); the driver keeps the defaults.
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+
+    def log(self, metrics: dict[str, float], step: int) -> bool:
+        """Queue ``metrics`` and try to send everything queued; returns whether it all arrived."""
+        self.pending += tracking.metric_rows(metrics, step)
+        try:
+            if self.recorded is None:
+                self.recorded = tracking.recorded_steps(self.uri, self.run_id)
+            self.pending = unrecorded(self.pending, self.recorded)
+            tracking.log_metric_rows(self.uri, self.run_id, self.pending)
+        except Exception as err:  # any transport or server error: keep the rows, train on
+            print(
+                f"warning: MLflow at {self.uri} did not take metrics ({type(err).__name__}); "
+                f"{len(self.pending)} buffered, sent when it answers again",
+                flush=True,
+            )
+            return False
+        self.pending = []
+        return True
