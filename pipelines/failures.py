@@ -34,20 +34,26 @@ _NAMED_IN_TEXT = re.compile(r"pipelines\.(data\.DataError|config\.ConfigError): 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def unfixable_cause(err: BaseException | None) -> Exception | None:
-    """The ``DataError`` or ``ConfigError`` behind ``err`` (a Ray Train or Ray Data wrapper), or None."""
+def error_chain(err: BaseException | None) -> Iterator[BaseException]:
+    """``err`` and every error behind it: causes, contexts, Ray's ``cause`` and each failed worker's error."""
     seen: set[int] = set()
     pending = [err]
-    named_in_text = None
     while pending:
         e = pending.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, UNFIXABLE_ERRORS):
-            return e
+        yield e
         pending += [e.__cause__, e.__context__, getattr(e, "cause", None)]
         pending += list(getattr(e, "worker_failures", {}).values())  # Ray Train's WorkerGroupError
+
+
+def unfixable_cause(err: BaseException | None) -> Exception | None:
+    """The ``DataError`` or ``ConfigError`` behind ``err`` (a Ray Train or Ray Data wrapper), or None."""
+    named_in_text = None
+    for e in error_chain(err):
+        if isinstance(e, UNFIXABLE_ERRORS):
+            return e
         found = _NAMED_IN_TEXT.search(_ANSI.sub("", str(e)))
         if found and named_in_text is None:
             kind = DataError if found.group(1) == "data.DataError" else ConfigError

@@ -115,20 +115,14 @@ _IN_BUCKET = re.compile(r"in bucket '([^']+)'.*?(AWS Error [A-Z_]+.*)$", re.M)
 
 def object_store_cause(err: BaseException | None) -> StorageError | None:
     """The object-store failure behind ``err`` (Ray Train and Ray Data wrap it, often only as text), as one line."""
-    seen: set[int] = set()
-    pending = [err]
-    while pending:
-        e = pending.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    from pipelines.failures import error_chain
+
+    for e in error_chain(err):
         if isinstance(e, StorageError):
             return e
         found = _IN_BUCKET.search(str(e))
         if found:
             return explain(f"s3://{found.group(1)}", found.group(2), None)
-        pending += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-        pending += list(getattr(e, "worker_failures", {}).values())  # Ray Train's WorkerGroupError
     return None
 
 
