@@ -217,6 +217,10 @@ class S3Server:
             "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
+            # An MLflow server with S3 artifacts hands clients presigned URLs to download from the store
+            # itself; moto's credential checks fail on presigned URLs (a 500, KeyError 'Authorization'
+            # in moto 5.2.5), so downloads go through the MLflow server here.
+            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
         }
 
     def stop(self) -> None:

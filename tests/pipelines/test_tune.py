@@ -273,17 +273,30 @@ def _child_runs(uri, experiment):
 @pytest.mark.e2e
 def test_interrupted_search_resumes_without_duplicates(fmnist_shards, s3, tmp_path):
     """Ctrl-C the driver after the first trial finished; --resume runs only what was left, from the Tune
-    state and Ray Train checkpoints it kept on S3 (``tracking.storage_path``)."""
-    import pyarrow.fs as pafs
+    state and Ray Train checkpoints it kept on S3 (``tracking.storage_path``). The MLflow server keeps
+    the artifacts on S3 too, the compare plots among them."""
     import ray
+
+    from tests.conftest import MlflowServer
 
     ray.shutdown()  # the driver below starts its own Ray, as from a user's shell; one instance at a time
     runs_dir = tmp_path / "runs"
-    uri = tracking.resolve_tracking_uri(None, runs_dir)
+    server = MlflowServer(tmp_path / "server", artifacts=f"{s3}/tune-artifacts")
+    server.root.mkdir()
+    uri = server.start()
+    try:
+        _interrupt_and_resume(fmnist_shards, s3, tmp_path, runs_dir, uri)
+    finally:
+        server.stop()
+
+
+def _interrupt_and_resume(fmnist_shards, s3, tmp_path, runs_dir, uri):
+    import pyarrow.fs as pafs
+
     space = _space(tmp_path, "optim.lr: {grid: [0.1, 0.05]}\n")
     args = [sys.executable, "-m", "pipelines.cli", "tune", "--space", space, "--search", "grid", "--name", "resume-test"]
     args += ["--set", f"data.shards={fmnist_shards}", "--set", f"tracking.runs_dir={runs_dir}"]
-    args += ["--set", f"tracking.storage_path={s3}/tune-resume"]
+    args += ["--set", f"tracking.storage_path={s3}/tune-resume", "--set", f"tracking.tracking_uri={uri}"]
     for item in ("data.batch_size=64", "data.max_train_images=256", "method.backbone=tiny_cnn", "train.epochs=1"):
         args += ["--set", item]
     args += ["--set", "probe.baselines=false", "--set", "probe.max_train_images=256", "--set", "probe.max_test_images=128"]
@@ -320,3 +333,10 @@ def test_interrupted_search_resumes_without_duplicates(fmnist_shards, s3, tmp_pa
     parents = tracking.find_runs(uri, "resume-test", {"rayssl.kind": "tune"})
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert json.loads(parents[0].data.tags["rayssl.best_params"])
+
+    compare(uri, "resume-test", tmp_path / "compare")  # logs its table and plots to the search's parent run
+    fs, base = pafs.FileSystem.from_uri(f"{s3}/tune-artifacts")
+    stored = [f.path for f in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if f.type == pafs.FileType.File]
+    parent_artifacts = f"/{parents[0].info.run_id}/artifacts/"
+    assert any(parent_artifacts + "compare/accuracy_per_method.png" in p for p in stored), stored[:20]
+    assert any(p.endswith("/artifacts/checkpoint/checkpoint.pt") for p in stored)  # and each trial's checkpoint
