@@ -149,6 +149,9 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
         for line in proc.stdout:
             lines.append(line)
             if f"epoch 2/{EPOCHS}" in line:  # after the worker died and Ray Train restored it
+                # Kill once Ray Train has registered a checkpoint (its snapshot is on S3): the worker's death
+                # may have come before epoch 1's registration, and the restart trains epoch 1 again.
+                _wait_for_object(storage_path, "checkpoint_manager_snapshot.json")
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
         proc.wait(timeout=60)
