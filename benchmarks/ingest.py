@@ -38,6 +38,7 @@ import ray
 import torch
 from PIL import Image
 
+from pipelines import storage
 from pipelines.build import view_policy
 from pipelines.config import build_config
 from pipelines.data import read_manifest, split_uri
@@ -127,7 +128,7 @@ def object_storage_vs_local(args) -> None:
         if server is not None:
             server.terminate()
     print(f"images: {args.images}, CPU workers: {args.workers}, two views each, streamed by Ray Data")
-    print(f"object storage ({args.shards} at {os.environ.get('AWS_ENDPOINT_URL', 'AWS S3')}): {remote_ips:8.0f} images/s")
+    print(f"object storage ({args.shards} at {storage.endpoint()}): {remote_ips:8.0f} images/s")
     print(f"local disk ({args.against}): {local_ips:8.0f} images/s")
     print(f"ingest_s3 ratio={remote_ips / local_ips:.2f}")
 

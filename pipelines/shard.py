@@ -73,14 +73,12 @@ class _SplitWriter:
         self.labeled += sum(1 for label in labels if label >= 0)
         self.rows = []
 
-    def remove_strays(self) -> int:
+    def remove_strays(self) -> None:
         """Delete part files this run did not write (left by an interrupted run with other settings)."""
         fs, base = pafs.FileSystem.from_uri(self.out_dir)
-        found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-        strays = [f.path for f in found if f.base_name.startswith(("part-", ".part-")) and f.base_name not in self.files]
-        for path in strays:
-            fs.delete_file(path)
-        return len(strays)
+        for found in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+            if found.base_name.startswith(("part-", ".part-")) and found.base_name not in self.files:
+                fs.delete_file(found.path)
 
     def summary(self) -> dict:
         return {"rows": self.written, "labeled": self.labeled, "shards": self.files}

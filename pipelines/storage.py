@@ -42,12 +42,16 @@ _AWS_ERROR = re.compile(r"AWS Error ([A-Z_]+)")
 _REFUSED = {"ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "INVALID_CLIENT_TOKEN_ID"}
 
 
+def _where(uri: str, field: str | None) -> str:
+    """``s3://bucket (field)``: how each message names the bucket and the setting that points at it."""
+    return f"{uri.split('://', 1)[0]}://{_bucket_of(uri)}" + (f" ({field})" if field else "")
+
+
 def explain(uri: str, error: OSError | str, field: str | None) -> StorageError:
     """One line for an object-store error on ``uri`` (named by its config ``field``): what, and what to do."""
-    scheme, bucket = uri.split("://", 1)[0], _bucket_of(uri)
     code = _AWS_ERROR.search(str(error))
     code = code.group(1) if code else ""
-    where = f"{scheme}://{bucket}" + (f" ({field})" if field else "")
+    where = _where(uri, field)
     if code in _REFUSED:
         return StorageError(
             f"{where}: {endpoint()} refused the credentials ({code}); "
@@ -65,10 +69,9 @@ def explain(uri: str, error: OSError | str, field: str | None) -> StorageError:
 
 
 def missing_bucket(uri: str, field: str | None) -> StorageError:
-    scheme, bucket = uri.split("://", 1)[0], _bucket_of(uri)
-    where = f"{scheme}://{bucket}" + (f" ({field})" if field else "")
+    bucket = _where(uri, None)
     return StorageError(
-        f"{where}: no such bucket at {endpoint()}; create it (for example 'aws s3 mb {scheme}://{bucket}') or fix the name"
+        f"{_where(uri, field)}: no such bucket at {endpoint()}; create it (for example 'aws s3 mb {bucket}') or fix the name"
     )
 
 
@@ -82,9 +85,9 @@ def check_bucket(uri: str, field: str) -> None:
     try:
         fs, _ = pafs.FileSystem.from_uri(uri)
         info = fs.get_file_info(_bucket_of(uri))
-    except (OSError, ValueError) as err:  # ValueError: an unknown scheme, or a malformed URI
-        if isinstance(err, OSError):
-            raise explain(uri, err, field) from None
+    except OSError as err:
+        raise explain(uri, err, field) from None
+    except ValueError as err:  # an unknown scheme, or a malformed URI
         raise StorageError(f"{uri} ({field}): {err}") from None
     if info.type == pafs.FileType.NotFound:
         raise missing_bucket(uri, field)

@@ -51,9 +51,13 @@ def validate(cfg: Config) -> dict:
     cfg.tracking.runs_dir = str(Path(cfg.tracking.runs_dir).expanduser().resolve())
     check_capacity(cfg)
     # object storage: a missing bucket, refused credentials or a down endpoint, in one line each
-    storage.check_bucket(cfg.data.shards, "data.shards")
-    storage.check_bucket(cfg.probe.shards or "", "probe.shards")
-    storage.check_bucket(cfg.storage(), "tracking.storage_path")
+    for field, where in (
+        ("data.shards", cfg.data.shards),
+        ("probe.shards", cfg.probe.shards),
+        ("tracking.storage_path", cfg.storage()),
+    ):
+        if where:
+            storage.check_bucket(where, field)
     manifest = read_manifest(cfg.data.shards)
     check_shards(cfg.data.shards, manifest)
     size = manifest["image_size"][0]
@@ -169,11 +173,12 @@ def fit_and_probe(
     log_config(cfg, uri, run_id)
     t0 = time.perf_counter()
     result = fit(cfg, manifest, uri, run_id, ray_run_name, storage_path, callbacks)
-    metrics = probe_checkpoint_and_log(cfg, manifest, uri, run_id, checkpoint.uri_of(result.checkpoint))
+    final = checkpoint.uri_of(result.checkpoint)
+    metrics = probe_checkpoint_and_log(cfg, manifest, uri, run_id, final)
     metrics["wall_s"] = time.perf_counter() - t0
     metrics.update({k: v for k, v in (result.metrics or {}).items() if k.startswith("train/")})
     tracking.log_metrics(uri, run_id, {"wall_s": metrics["wall_s"]}, step=cfg.train.epochs)
-    return metrics, checkpoint.uri_of(result.checkpoint)
+    return metrics, final
 
 
 def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str, checkpoint_dir: str) -> dict[str, float]:

@@ -316,3 +316,24 @@ def measured(name: str, value: float, *, above: float | None = None, below: floa
         with open(log, "a") as out:
             out.write(json.dumps(row) + "\n")
     return value
+
+
+def own_ray_env(**extra: str) -> dict:
+    """The environment for a rayssl driver that starts its own Ray, as from a user's shell. The session's
+    Ray instance stops first: one instance at a time on 2 cores."""
+    import ray
+
+    ray.shutdown()
+    return dict(os.environ, RAY_ADDRESS="local", **extra)
+
+
+def start_driver(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
+    """A driver in its own process group (so that SIGKILL takes its whole Ray with it), its output as text lines."""
+    return subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def stop_leftover_ray() -> None:
+    """Stop whatever a SIGKILLed driver's Ray left running."""
+    subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)

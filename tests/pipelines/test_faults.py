@@ -17,7 +17,7 @@ from pipelines import tracking
 from pipelines.config import ConfigError, build_config
 from pipelines.failures import NonFiniteLossError
 from pipelines.train import pretrain, validate
-from tests.conftest import TINY_RUN, MlflowServer, measured
+from tests.conftest import TINY_RUN, MlflowServer, measured, own_ray_env, start_driver, stop_leftover_ray
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS, STEPS_PER_EPOCH = 3, 8  # as in TINY_RUN: 512 images / 2 workers / 32 per worker
@@ -84,13 +84,6 @@ def _cli(shards, runs_dir, uri, *overrides) -> list[str]:
     return args
 
 
-def _own_ray_env() -> dict:
-    import ray
-
-    ray.shutdown()  # the driver below starts its own Ray, as from a user's shell; one instance at a time
-    return dict(os.environ, RAY_ADDRESS="local")
-
-
 @pytest.mark.e2e
 def test_killed_driver_and_lost_tracking_server_lose_no_work_and_no_records(fmnist_shards, tmp_path):
     """The MLflow server goes away after epoch 1, and during epoch 2 the driver is SIGKILLed. With the
@@ -100,10 +93,8 @@ def test_killed_driver_and_lost_tracking_server_lose_no_work_and_no_records(fmni
     server.root.mkdir()
     uri = server.start()
     args = _cli(fmnist_shards, tmp_path / "runs", uri, "tracking.run_name=drill")
-    env = _own_ray_env()
-    proc = subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+    env = own_ray_env()
+    proc = start_driver(args, env, REPO)
     lines = []
     try:
         for line in proc.stdout:
@@ -114,7 +105,7 @@ def test_killed_driver_and_lost_tracking_server_lose_no_work_and_no_records(fmni
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
         proc.wait(timeout=60)
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        stop_leftover_ray()
         first = "".join(lines)
         assert f"epoch 2/{EPOCHS}" in first, first[-3000:]
         assert f"warning: MLflow at {uri} did not take metrics" in first  # buffered, training went on

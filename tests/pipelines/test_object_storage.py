@@ -20,7 +20,7 @@ from pipelines.cli import main
 from pipelines.config import build_config
 from pipelines.data import read_manifest
 from pipelines.train import validate
-from tests.conftest import TINY_RUN, MlflowServer
+from tests.conftest import TINY_RUN, MlflowServer, own_ray_env, start_driver, stop_leftover_ray
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 3
@@ -120,8 +120,6 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
     command resumes from the S3 checkpoint and finishes, with each epoch's metrics recorded once."""
     import shutil
 
-    import ray
-
     shards = f"{s3}/e2e-shards"
     shard.write_shards("fashion-mnist", shards, rows_per_shard=256, limit=1024)
     server = MlflowServer(tmp_path / "server", artifacts=f"{s3}/mlflow-artifacts")
@@ -139,11 +137,8 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
         "faults.exit_at_step=13",  # 5 steps into epoch 2 (8 steps an epoch)
         "faults.exit_rank=1",
     )
-    ray.shutdown()  # the driver below starts its own Ray, as from a user's shell; one instance at a time
-    env = dict(os.environ, RAY_ADDRESS="local")
-    proc = subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+    env = own_ray_env()
+    proc = start_driver(args, env, REPO)
     lines = []
     try:
         for line in proc.stdout:
@@ -155,7 +150,7 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
         proc.wait(timeout=60)
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        stop_leftover_ray()
         first = "".join(lines)
         assert "faults: worker rank 1 exits at step 13" in first, first[-3000:]  # the process really died
         assert f"epoch 2/{EPOCHS}" in first, first[-3000:]
@@ -199,7 +194,6 @@ def test_the_endpoint_going_away_mid_epoch_fails_in_one_line_and_keeps_what_was_
     """The object store stops answering after epoch 1 (every connection dropped, new ones refused).
     The run fails with one line naming the bucket and the endpoint, MLflow keeps it FAILED with epoch
     1's metrics, and once the endpoint is back the same command resumes from epoch 1's S3 checkpoint."""
-    import ray
 
     from tests.conftest import TcpOutage
 
@@ -216,9 +210,8 @@ def test_the_endpoint_going_away_mid_epoch_fails_in_one_line_and_keeps_what_was_
         "tracking.run_name=outage",
         *TINY_RUN,
     )
-    ray.shutdown()  # the driver below starts its own Ray, as from a user's shell; one instance at a time
-    env = dict(os.environ, RAY_ADDRESS="local", AWS_ENDPOINT_URL=outage.endpoint, MLFLOW_S3_ENDPOINT_URL=outage.endpoint)
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = own_ray_env(AWS_ENDPOINT_URL=outage.endpoint, MLFLOW_S3_ENDPOINT_URL=outage.endpoint)
+    proc = start_driver(args, env, REPO)
     lines = []
     try:
         for line in proc.stdout:

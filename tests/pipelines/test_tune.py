@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pipelines import tracking
 from pipelines.compare import compare
 from pipelines.config import ConfigError, build_config
 from pipelines.tune import SearchSettings, run_search
+from tests.conftest import MlflowServer, own_ray_env
 from tune_spaces import SpaceError, read_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -275,11 +275,6 @@ def test_interrupted_search_resumes_without_duplicates(fmnist_shards, s3, tmp_pa
     """Ctrl-C the driver after the first trial finished; --resume runs only what was left, from the Tune
     state and Ray Train checkpoints it kept on S3 (``tracking.storage_path``). The MLflow server keeps
     the artifacts on S3 too, the compare plots among them."""
-    import ray
-
-    from tests.conftest import MlflowServer
-
-    ray.shutdown()  # the driver below starts its own Ray, as from a user's shell; one instance at a time
     runs_dir = tmp_path / "runs"
     server = MlflowServer(tmp_path / "server", artifacts=f"{s3}/tune-artifacts")
     server.root.mkdir()
@@ -300,7 +295,7 @@ def _interrupt_and_resume(fmnist_shards, s3, tmp_path, runs_dir, uri):
     for item in ("data.batch_size=64", "data.max_train_images=256", "method.backbone=tiny_cnn", "train.epochs=1"):
         args += ["--set", item]
     args += ["--set", "probe.baselines=false", "--set", "probe.max_train_images=256", "--set", "probe.max_test_images=128"]
-    env = dict(os.environ, RAY_ADDRESS="local")  # its own Ray instance, like a user's shell
+    env = own_ray_env()
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Interrupt once the first trial's run has finished: read the driver's output line by line.
     finished_first = False
