@@ -6,8 +6,6 @@ field reaches PyTorch in one place.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
@@ -15,10 +13,6 @@ import ssl_models
 from pipelines.config import Config, with_recipe
 from pipelines.data import resolve_uri
 from ssl_models.optim import build_optimizer
-
-
-def method_parameters(name: str) -> set[str]:
-    return set(inspect.signature(ssl_models.method_class(name)).parameters)
 
 
 def shared_method_fields(cfg: Config) -> dict:
@@ -30,7 +24,7 @@ def shared_method_fields(cfg: Config) -> dict:
 
 def ignored_method_fields(cfg: Config) -> list[str]:
     """Shared fields set in the config that this method has no use for (e.g. a temperature for BYOL)."""
-    return [f"method.{k}" for k in shared_method_fields(cfg) if k not in method_parameters(cfg.method.name)]
+    return [f"method.{k}" for k in shared_method_fields(cfg) if k not in ssl_models.method_arguments(cfg.method.name)]
 
 
 def build_method(cfg: Config, manifest: dict) -> nn.Module:
@@ -40,7 +34,7 @@ def build_method(cfg: Config, manifest: dict) -> nn.Module:
     whose constructor takes them; ``method.kwargs`` go as given, so a misspelt one fails.
     """
     m = cfg.method
-    kwargs = {k: v for k, v in shared_method_fields(cfg).items() if k in method_parameters(m.name)}
+    kwargs = {k: v for k, v in shared_method_fields(cfg).items() if k in ssl_models.method_arguments(m.name)}
     kwargs.update(m.kwargs)
     image_size = cfg.data.crop_size or manifest["image_size"][0]
     return ssl_models.create_method(

@@ -8,6 +8,7 @@ module by name.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -69,6 +70,24 @@ def method_class(name: str) -> type[nn.Module]:
     return METHODS.get(name)
 
 
+def method_arguments(name: str) -> list[str]:
+    """The keywords ``create_method(name, ...)`` takes: the method's own, then those it passes on
+    (``**encoder_args``) to the classes it builds on, down to the encoder's ``backbone``, ``in_channels``, ``image_size``."""
+    names: list[str] = []
+    for cls in method_class(name).__mro__:
+        if "__init__" not in cls.__dict__:
+            continue
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # after self
+        names += [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in names]
+        if all(p.kind is not p.VAR_KEYWORD for p in params):
+            return names
+    return names
+
+
 def create_method(name: str, **kwargs) -> nn.Module:
     """Build the method ``name`` with its keyword arguments (paper defaults otherwise)."""
+    accepted = method_arguments(name)
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise ValueError(f"{name} takes no argument {unknown[0]!r}; it takes {', '.join(accepted)}")
     return method_class(name)(**kwargs)

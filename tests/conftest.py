@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -332,6 +334,30 @@ def start_driver(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
+
+
+def sigkill_driver_at(args: list[str], env: dict, cwd: Path, marker: str, at: dict[str, Callable] | None = None) -> str:
+    """Run a driver until the first output line holding ``marker``, then SIGKILL it with its whole Ray; its output.
+
+    ``at`` maps a text to what to do at the first line holding it (the kill comes after them). A driver that ends
+    before ``marker`` is not an error here: the caller asserts on the output.
+    """
+    at = dict(at or {})
+    proc = start_driver(args, env, cwd)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            for text in [t for t in at if t in line]:
+                at.pop(text)()
+            if marker in line:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        stop_leftover_ray()
+    return "".join(lines)
 
 
 def stop_leftover_ray() -> None:

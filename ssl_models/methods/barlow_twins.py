@@ -33,14 +33,12 @@ class BarlowTwins(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         projection_dim: int = 8192,
         hidden_dim: int = 8192,
         lambda_: float | None = None,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         lambda_ = PAPER_LAMBDA * PAPER_WIDTH / projection_dim if lambda_ is None else lambda_
         if lambda_ < 0:
             raise ValueError(f"lambda_ must be >= 0, got {lambda_}")

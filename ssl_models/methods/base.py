@@ -40,6 +40,8 @@ class SSLMethod(nn.Module):
     requires_rgb: bool = False
     # View settings the method's paper fixes, over the config's augmentation (BYOL's asymmetric views).
     view_kwargs: dict = {}
+    # The encoder built when no backbone is named.
+    default_backbone: str = "small_cnn"
     # The smallest backbone that fits the method, used by the unit tests.
     tiny_backbone: str = "tiny_cnn"
 
@@ -54,10 +56,14 @@ class SSLMethod(nn.Module):
 
             cls.training_step = training_step
 
-    def __init__(self, backbone: str = "small_cnn", in_channels: int = 3, image_size: int = 32):
+    def __init__(self, backbone: str | None = None, in_channels: int = 3, image_size: int = 32):
+        """The encoder's settings, which every method takes as keywords (``**encoder_args``) and passes here:
+        ``backbone`` (default: the method's ``default_backbone``), the images' ``in_channels`` and ``image_size``."""
         super().__init__()
+        self.backbone_name = backbone or self.default_backbone
+        self.in_channels = in_channels
         self.image_size = image_size
-        self.encoder = create_backbone(backbone, in_channels=in_channels, image_size=image_size)
+        self.encoder = create_backbone(self.backbone_name, in_channels=in_channels, image_size=image_size)
 
     def make_views(self, image_size: int | None = None, **augment):
         """This method's view policy (``view_policy``, ``num_views``) for images cropped to ``image_size``

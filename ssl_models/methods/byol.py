@@ -37,14 +37,12 @@ class BYOL(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         projection_dim: int = 256,
         hidden_dim: int = 4096,
         base_momentum: float = 0.99,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         if not 0 <= base_momentum <= 1:
             raise ValueError(f"base_momentum must be in [0, 1], got {base_momentum}")
         self.base_momentum = base_momentum

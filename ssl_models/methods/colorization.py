@@ -56,19 +56,19 @@ class Colorization(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         target_size: int | None = None,
         tolerance: float = 0.1,
         hidden_dim: int = 512,
+        **encoder_args,
     ):
-        if in_channels != 3:
+        super().__init__(**encoder_args)
+        channels = self.in_channels
+        if channels != 3:
             raise ValueError(
-                f"colorization needs RGB images (in_channels=3); these shards have {in_channels} channel"
-                f"{'s' if in_channels != 1 else ''} — pick another method or RGB data"
+                f"colorization needs RGB images (in_channels=3); these shards have {channels} channel"
+                f"{'s' if channels != 1 else ''} — pick another method or RGB data"
             )
-        super().__init__(backbone, in_channels, image_size)
+        image_size = self.image_size
         self.encoder = LuminanceEncoder(self.encoder)
         self.target_size = target_size if target_size is not None else max(1, image_size // 4)
         if not 0 < self.target_size <= image_size:

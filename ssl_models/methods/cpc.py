@@ -78,17 +78,15 @@ class CPC(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         grid_size: int = 4,
         prediction_steps: int | None = None,
         context_layers: int | None = None,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         if isinstance(self.encoder, VisionTransformer):
-            raise ValueError(f"cpc encodes patches of any size and needs a convolutional backbone, got {backbone!r}")
-        self.patch_size, self.stride = cpc_patch_geometry(image_size, grid_size)
+            raise ValueError(f"cpc encodes patches of any size and needs a convolutional backbone, got {self.backbone_name!r}")
+        self.patch_size, self.stride = cpc_patch_geometry(self.image_size, grid_size)
         # The row below overlaps its context's own row by half: predicting it could copy pixels. As in the
         # reference code, the first offset predicted is the first whose patches share no pixel with the context's.
         self.first_offset = -(-self.patch_size // self.stride)  # ceil(patch / stride): 2 for half-overlapping patches

@@ -72,9 +72,6 @@ class DINO(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         hidden_dim: int = 2048,
         out_dim: int = 4096,
         bottleneck_dim: int = 256,
@@ -83,8 +80,9 @@ class DINO(SSLMethod):
         teacher_temp: float = 0.04,
         momentum: float = 0.996,
         center_momentum: float = 0.9,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         if student_temp <= 0 or teacher_temp <= 0:
             raise ValueError(f"student_temp and teacher_temp must be > 0, got {student_temp} and {teacher_temp}")
         if num_local_crops < 0:

@@ -38,15 +38,14 @@ class Inpainting(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         mask_size: int | None = None,
         mask_position: str = "center",
         tolerance: float = 0.1,
         hidden_dim: int = 512,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
+        image_size = self.image_size
         self.mask_size = mask_size if mask_size is not None else image_size // 2
         if not 0 < self.mask_size < image_size:
             raise ValueError(f"mask_size must be in 1..{image_size - 1} for {image_size} px images, got {mask_size}")
@@ -56,7 +55,7 @@ class Inpainting(SSLMethod):
             raise ValueError(f"tolerance must be > 0, got {tolerance}")
         self.mask_position = mask_position
         self.tolerance = tolerance
-        out_dim = in_channels * image_size * image_size
+        out_dim = self.in_channels * image_size * image_size
         self.decoder = nn.Sequential(ProjectionHead(self.encoder.num_features, hidden_dim, out_dim), nn.Tanh())
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -37,17 +37,16 @@ class Jigsaw(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         grid: int = 3,
         num_permutations: int = 100,
         tile_size: int | None = None,
         jitter: int | None = None,
         normalize_tiles: bool = True,
         hidden_dim: int = 512,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
+        image_size = self.image_size
         if grid < 2:
             raise ValueError(f"grid must be >= 2, got {grid}")
         cell = image_size // grid

@@ -107,22 +107,21 @@ class MAE(SSLMethod):
 
     num_views = 1
     min_batch_per_worker = 1  # the loss is per sample: no negatives needed
+    default_backbone = "vit_tiny"
     tiny_backbone = "vit_micro"
 
     def __init__(
         self,
-        backbone: str = "vit_tiny",
-        in_channels: int = 3,
-        image_size: int = 32,
         mask_ratio: float = 0.75,
         decoder_dim: int = 64,
         decoder_depth: int = 2,
         decoder_heads: int = 2,
         norm_pix_loss: bool = True,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         if not isinstance(self.encoder, VisionTransformer):
-            raise ValueError(f"mae needs a ViT backbone (vit_tiny or vit_micro), got {backbone!r}")
+            raise ValueError(f"mae needs a ViT backbone (vit_tiny or vit_micro), got {self.backbone_name!r}")
         num_patches = self.encoder.num_patches
         if not 0 < num_visible(num_patches, mask_ratio) < num_patches:
             raise ValueError(
@@ -134,7 +133,7 @@ class MAE(SSLMethod):
             )
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
-        patch_dim = self.encoder.patch_size**2 * in_channels
+        patch_dim = self.encoder.patch_size**2 * self.in_channels
         self.decoder = MAEDecoder(
             self.encoder.num_features, self.encoder.grid_size, patch_dim, decoder_dim, decoder_depth, decoder_heads
         )

@@ -49,17 +49,15 @@ class MoCo(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         temperature: float = 0.2,
         projection_dim: int = 128,
         hidden_dim: int = 2048,
         queue_size: int = 4096,
         momentum: float = 0.99,
         shuffle_bn: bool = True,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if queue_size < 1:

@@ -36,14 +36,13 @@ class RelativePosition(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         patch_size: int | None = None,
         jitter: int | None = None,
         hidden_dim: int = 512,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
+        image_size = self.image_size
         cell = image_size // 3
         self.patch_size = patch_size if patch_size is not None else max(1, cell * 2 // 3)
         margin = cell - self.patch_size

@@ -31,13 +31,11 @@ class Rotation(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         all_rotations: bool = True,
         hidden_dim: int = 512,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         self.all_rotations = all_rotations
         self.classifier = ProjectionHead(self.encoder.num_features, hidden_dim, 4)
 

@@ -21,14 +21,12 @@ class SimCLR(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         temperature: float = 0.5,
         projection_dim: int = 128,
         hidden_dim: int = 512,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature

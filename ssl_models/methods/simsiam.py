@@ -44,14 +44,12 @@ class SimSiam(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         projection_dim: int = 2048,
         hidden_dim: int = 2048,
         predictor_hidden_dim: int | None = None,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         predictor_hidden_dim = predictor_hidden_dim or max(projection_dim // 4, 1)
         if predictor_hidden_dim < 1:
             raise ValueError(f"predictor_hidden_dim must be >= 1, got {predictor_hidden_dim}")

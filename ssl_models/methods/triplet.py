@@ -32,14 +32,12 @@ class Triplet(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         projection_dim: int = 128,
         hidden_dim: int = 512,
         margin: float = 1.0,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         if margin <= 0:
             raise ValueError(f"margin must be > 0, got {margin}")
         self.margin = margin

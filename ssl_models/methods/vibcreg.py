@@ -29,9 +29,6 @@ class VIbCReg(VICReg):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         projection_dim: int = 4096,
         hidden_dim: int = 4096,
         sim_weight: float = 25.0,
@@ -39,8 +36,9 @@ class VIbCReg(VICReg):
         cov_weight: float = 200.0,
         iternorm_groups: int = 64,
         iternorm_iterations: int = 5,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size, projection_dim, hidden_dim, sim_weight, var_weight, cov_weight)
+        super().__init__(projection_dim, hidden_dim, sim_weight, var_weight, cov_weight, **encoder_args)
         groups = min(iternorm_groups, projection_dim)
         while projection_dim % groups:  # a group count that divides the width (64 for the paper's 4096)
             groups -= 1

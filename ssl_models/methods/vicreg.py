@@ -31,16 +31,14 @@ class VICReg(SSLMethod):
 
     def __init__(
         self,
-        backbone: str = "small_cnn",
-        in_channels: int = 3,
-        image_size: int = 32,
         projection_dim: int = 8192,
         hidden_dim: int = 8192,
         sim_weight: float = 25.0,
         var_weight: float = 25.0,
         cov_weight: float = 1.0,
+        **encoder_args,
     ):
-        super().__init__(backbone, in_channels, image_size)
+        super().__init__(**encoder_args)
         for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
             if weight < 0:
                 raise ValueError(f"{name} must be >= 0, got {weight}")

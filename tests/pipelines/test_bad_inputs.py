@@ -448,6 +448,17 @@ def test_crop_larger_than_the_images_fails_in_validate(tmp_path, run_cli, no_pre
     assert code == 2 and _one_error_line(err) == f"rayssl: error: {message}"
 
 
+def test_a_misspelt_method_argument_names_it_and_what_the_method_takes(tmp_path, run_cli, no_pretrain):
+    write_shards("fashion-mnist", tmp_path / "fm", limit=50)
+    overrides = [f"data.shards={tmp_path / 'fm'}", "method.name=rotation", "method.kwargs={all_rotation: false}"]
+    code, out, err = run_cli("pretrain", *[arg for o in overrides for arg in ("--set", o)])
+    assert code == 2
+    assert _one_error_line(err) == (
+        "rayssl: error: method: rotation takes no argument 'all_rotation'; "
+        "it takes all_rotations, hidden_dim, backbone, in_channels, image_size"
+    )
+
+
 # ---------------------------------------------------------------- 7. security
 
 

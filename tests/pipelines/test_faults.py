@@ -5,8 +5,6 @@ Each run is tiny (tiny_cnn, 512 images, 3 epochs of 8 steps) on real Fashion-MNI
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ from pipelines import tracking
 from pipelines.config import ConfigError, build_config
 from pipelines.failures import NonFiniteLossError
 from pipelines.train import pretrain, validate
-from tests.conftest import TINY_RUN, MlflowServer, measured, own_ray_env, start_driver, stop_leftover_ray
+from tests.conftest import TINY_RUN, MlflowServer, measured, own_ray_env, sigkill_driver_at
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS, STEPS_PER_EPOCH = 3, 8  # as in TINY_RUN: 512 images / 2 workers / 32 per worker
@@ -94,19 +92,9 @@ def test_killed_driver_and_lost_tracking_server_lose_no_work_and_no_records(fmni
     uri = server.start()
     args = _cli(fmnist_shards, tmp_path / "runs", uri, "tracking.run_name=drill")
     env = own_ray_env()
-    proc = start_driver(args, env, REPO)
-    lines = []
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if f"epoch 1/{EPOCHS}" in line:
-                server.stop()  # epoch 2's metrics find no server
-            if f"epoch 2/{EPOCHS}" in line:  # printed after epoch 2's metrics were tried; epoch 1 is checkpointed
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-        stop_leftover_ray()
-        first = "".join(lines)
+        # epoch 2's metrics find no server; "epoch 2/3" is printed after they were tried, and epoch 1 is checkpointed
+        first = sigkill_driver_at(args, env, REPO, f"epoch 2/{EPOCHS}", at={f"epoch 1/{EPOCHS}": server.stop})
         assert f"epoch 2/{EPOCHS}" in first, first[-3000:]
         assert f"warning: MLflow at {uri} did not take metrics" in first  # buffered, training went on
 
@@ -124,5 +112,4 @@ def test_killed_driver_and_lost_tracking_server_lose_no_work_and_no_records(fmni
             assert _epochs_logged(uri, run.info.run_id, key) == [1, 2, 3]
         assert "probe/linear_top1" in runs[0].data.metrics
     finally:
-        proc.kill()
         server.stop()

@@ -3,10 +3,10 @@ with checked credentials, by pyarrow, Ray Data, Ray Train, Ray Tune and an MLflo
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +20,7 @@ from pipelines.cli import main
 from pipelines.config import build_config
 from pipelines.data import read_manifest
 from pipelines.train import validate
-from tests.conftest import TINY_RUN, MlflowServer, own_ray_env, start_driver, stop_leftover_ray
+from tests.conftest import TINY_RUN, MlflowServer, own_ray_env, sigkill_driver_at, start_driver
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 3
@@ -138,20 +138,11 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
         "faults.exit_rank=1",
     )
     env = own_ray_env()
-    proc = start_driver(args, env, REPO)
-    lines = []
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if f"epoch 2/{EPOCHS}" in line:  # after the worker died and Ray Train restored it
-                # Kill once Ray Train has registered a checkpoint (its snapshot is on S3): the worker's death
-                # may have come before epoch 1's registration, and the restart trains epoch 1 again.
-                _wait_for_object(storage_path, "checkpoint_manager_snapshot.json")
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-        stop_leftover_ray()
-        first = "".join(lines)
+        # Kill once Ray Train has registered a checkpoint (its snapshot is on S3) after the worker died and Ray Train
+        # restored it: the worker's death may have come before epoch 1's registration, and the restart trains epoch 1 again.
+        registered = functools.partial(_wait_for_object, storage_path, "checkpoint_manager_snapshot.json")
+        first = sigkill_driver_at(args, env, REPO, f"epoch 2/{EPOCHS}", at={f"epoch 2/{EPOCHS}": registered})
         assert "faults: worker rank 1 exits at step 13" in first, first[-3000:]  # the process really died
         assert f"epoch 2/{EPOCHS}" in first, first[-3000:]
         assert any(p.endswith("/checkpoint.pt") for p in _objects(storage_path))  # Ray Train wrote to S3
@@ -175,7 +166,6 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
         inputs = {i.dataset.name: json.loads(i.dataset.source)["uri"] for i in run.inputs.dataset_inputs}
         assert inputs["e2e-shards/train"] == f"{shards}/train"  # the dataset input names the S3 source
     finally:
-        proc.kill()
         server.stop()
 
 

@@ -51,6 +51,19 @@ def _space(tmp_path, text: str) -> str:
     return str(path)
 
 
+def _trial_runs(result, name: str) -> list:
+    """The MLflow runs of a search's trials: the children of its parent run."""
+    return tracking.find_runs(result.tracking_uri, name, {"mlflow.parentRunId": result.parent_run_id})
+
+
+def _search_ranked_by_lr(cfg, tmp_path, lrs: list[float], scheduler: str, name: str):
+    """A grid over ``optim.lr`` whose metric is the lr itself, so the scheduler ranks the trials for certain."""
+    space = _space(tmp_path, f"optim.lr: {{grid: {lrs}}}\n")
+    settings = SearchSettings(space=space, search="grid", scheduler=scheduler, num_samples=1, name=name, metric="train/lr")
+    result = run_search(cfg, settings)
+    return result, _trial_runs(result, name)
+
+
 def test_bad_spaces_fail_naming_the_key(tmp_path):
     keys = set(build_config().flat())
     with pytest.raises(SpaceError, match=r"'optim.lrr' is not a config key"):
@@ -152,7 +165,7 @@ def test_seeds_repeat_each_random_draw_and_compare_gives_mean_and_spread(ray_ses
     space = _space(tmp_path, "optim.lr: {uniform: [0.01, 0.1]}\n")
     result = run_search(cfg, SearchSettings(space=space, search="random", num_samples=1, seeds=2, name="seeds-test"))
 
-    children = tracking.find_runs(result.tracking_uri, "seeds-test", {"mlflow.parentRunId": result.parent_run_id})
+    children = _trial_runs(result, "seeds-test")
     assert sorted(run.data.params["train.seed"] for run in children) == ["0", "1"]
     assert len({run.data.params["optim.lr"] for run in children}) == 1  # one random draw, run once per seed
     assert all(run.info.status == "FINISHED" for run in children)
@@ -172,17 +185,7 @@ def test_asha_grid_search_one_child_run_per_trial_and_compare(ray_session, fmnis
     # at a time (2 workers on 2 CPUs), and the metric is the lr itself, so at epoch 1 the
     # second trial is below the rung's cutoff set by the first.
     cfg = _base(fmnist_shards, tmp_path / "runs")
-    settings = SearchSettings(
-        space=_space(tmp_path, "optim.lr: {grid: [0.1, 0.05]}\n"),
-        search="grid",
-        scheduler="asha",
-        num_samples=1,
-        name="asha-test",
-        metric="train/lr",
-    )
-    result = run_search(cfg, settings)
-
-    children = tracking.find_runs(result.tracking_uri, "asha-test", {"mlflow.parentRunId": result.parent_run_id})
+    result, children = _search_ranked_by_lr(cfg, tmp_path, [0.1, 0.05], "asha", "asha-test")
     assert len(children) == len(result.trials) == 2
     for run in children:
         assert run.info.status == "FINISHED"
@@ -227,7 +230,7 @@ def test_diverging_trial_fails_alone_and_the_parent_names_the_best(ray_session, 
     space = _space(tmp_path, "faults.nan_at_step: {grid: [null, 3]}\n")
     result = run_search(cfg, SearchSettings(space=space, search="grid", scheduler="none", num_samples=1, name="nan-test"))
 
-    children = tracking.find_runs(result.tracking_uri, "nan-test", {"mlflow.parentRunId": result.parent_run_id})
+    children = _trial_runs(result, "nan-test")
     by_fault = {run.data.params["faults.nan_at_step"]: run for run in children}
     assert set(by_fault) == {"None", "3"}
     assert by_fault["3"].info.status == "FAILED" and "probe/linear_top1" not in by_fault["3"].data.metrics
@@ -244,16 +247,7 @@ def test_pbt_records_its_perturbations(ray_session, fmnist_shards, tmp_path):
     # after epoch 1 the lower trial must clone the upper one and perturb its lr.
     cfg = _base(fmnist_shards, tmp_path / "runs", epochs=2, workers=1)
     cfg.data.augment_on = "device"  # views made in the Train worker, not in Ray Data
-    settings = SearchSettings(
-        space=_space(tmp_path, "optim.lr: {grid: [0.1, 0.02]}\n"),
-        search="grid",
-        scheduler="pbt",
-        num_samples=1,
-        name="pbt-test",
-        metric="train/lr",
-    )
-    result = run_search(cfg, settings)
-    children = tracking.find_runs(result.tracking_uri, "pbt-test", {"mlflow.parentRunId": result.parent_run_id})
+    result, children = _search_ranked_by_lr(cfg, tmp_path, [0.1, 0.02], "pbt", "pbt-test")
     assert len(children) == 2
     followed = {
         run.data.params["optim.lr"]: [v for _, v in tracking.metric_history(result.tracking_uri, run.info.run_id, "pbt/optim.lr")]

@@ -1,5 +1,3 @@
-import inspect
-
 import pytest
 import torch
 
@@ -11,6 +9,16 @@ def test_unknown_method_lists_known_names():
         ssl_models.create_method("nope")
 
 
+def test_every_method_takes_the_encoder_arguments_after_its_own():
+    for name in ssl_models.list_methods():
+        assert ssl_models.method_arguments(name)[-3:] == ["backbone", "in_channels", "image_size"], name
+    # VIbCReg builds on VICReg: its own arguments, then VICReg's loss weights, then the encoder's
+    assert {"iternorm_groups", "sim_weight", "cov_weight"} <= set(ssl_models.method_arguments("vibcreg"))
+    assert ssl_models.create_method("mae").backbone_name == "vit_tiny"  # a method's own default backbone
+    with pytest.raises(ValueError, match=r"^simclr takes no argument 'temprature'; it takes temperature, "):
+        ssl_models.create_method("simclr", temprature=0.1)
+
+
 @pytest.mark.parametrize("name", ssl_models.list_methods())
 def test_one_training_step_trains_every_encoder_parameter(name):
     torch.manual_seed(0)
@@ -18,7 +26,7 @@ def test_one_training_step_trains_every_encoder_parameter(name):
     channels = 3 if cls.requires_rgb else 1
     # Small heads, as build_method passes them from the config: paper-sized 8192-d projectors
     # (Barlow Twins, VICReg) would only make this test slow.
-    accepted = inspect.signature(cls).parameters
+    accepted = ssl_models.method_arguments(name)
     heads = {k: 32 for k in ("projection_dim", "hidden_dim") if k in accepted}
     method = ssl_models.create_method(name, backbone=cls.tiny_backbone, in_channels=channels, image_size=32, **heads)
     views = method.make_views(seed=0)  # the contract: views for a method, then a step on what they return
