@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -27,6 +28,19 @@ def ray_log_level() -> str:
     return "INFO" if verbose() else "WARNING"
 
 
+def quiet_ray_train_report_lines(level: str) -> None:
+    """Hold Ray Train's per-report line ("Reporting training result N: TrainingReport(...)") to ``level``.
+
+    Called in each worker. Ray Train 2.x logs that line from a logger named after its file
+    (``logging.getLogger(__file__)`` in ray/train/v2/_internal/execution/context.py), not under
+    ``ray.train``, so ``LoggingConfig``'s level misses it and the worker's root console handler
+    (INFO) sends it to the terminal twice an epoch.
+    """
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(level)
+
+
 def ensure_ray(resources: dict | None = None) -> None:
     """Join the running cluster, else start a local Ray; only a local one takes ``resources``.
 
@@ -34,7 +48,9 @@ def ensure_ray(resources: dict | None = None) -> None:
     Ray Data's INFO lines (each dataset's execution plan and finish) stay in Ray's log files unless verbose.
     """
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", ray_log_level())  # the driver's own Ray Data logger
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", ray_log_level())  # Ray Data's logger in the workers
+        # and here: Ray Data read the variable when it was first imported, before this line
+        logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
         if cluster_address():  # a job on a cluster keeps the runtime env it was submitted with
             ray.init(log_to_driver=True)
         else:

@@ -126,6 +126,7 @@ def fit(
             "tracking_uri": uri,
             "init_checkpoint": init_checkpoint,
             "stop_epoch": stop_epoch,
+            "ray_log_level": ray_log_level(),  # Ray's own INFO lines reach the terminal only with --verbose
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,

@@ -21,7 +21,7 @@ from torch import nn
 
 from pipelines import checkpoint, tracking
 from pipelines.build import build_method, build_method_optimizer, view_policy
-from pipelines.cluster import say
+from pipelines.cluster import quiet_ray_train_report_lines, say
 from pipelines.config import Config
 from pipelines.evaluate import EpochKNN, EpochRankMe, has_labels
 from pipelines.failures import NonFiniteLossError, unfixable_errors_in_one_line
@@ -162,6 +162,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 
 def _train_loop(loop_config: dict) -> None:
     """One Ray Train worker: DDP model, streamed views, one report + checkpoint per epoch."""
+    quiet_ray_train_report_lines(loop_config["ray_log_level"])
     cfg = Config.model_validate(loop_config["config"])
     manifest, run_id, uri = loop_config["manifest"], loop_config["run_id"], loop_config["tracking_uri"]
     ctx = ray.train.get_context()

@@ -16,7 +16,8 @@ from torch import nn
 
 
 def _labels(y, device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(y), dtype=torch.long, device=device)
+    # a copy: labels read from Arrow are read-only arrays, which torch.as_tensor warns about
+    return torch.tensor(np.asarray(y), dtype=torch.long, device=device)
 
 
 def linear_probe_top1(
