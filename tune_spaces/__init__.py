@@ -84,11 +84,20 @@ def space_path(name_or_file: str) -> Path:
     raise SpaceError(f"{name_or_file}: no such space file or shipped space; shipped: {', '.join(list_spaces())}")
 
 
+def _distribution(spec: Any) -> tuple[str, Any] | None:
+    """``(name, args)`` of a one-entry mapping such as ``{grid: [0.1, 0.05]}``; None for anything else."""
+    if isinstance(spec, dict) and len(spec) == 1:
+        ((name, args),) = spec.items()
+        return name, args
+    return None
+
+
 def _is_bundle(spec: Any) -> bool:
     """``{choice|grid: [mapping, ...]}``: every value a non-empty mapping of config keys."""
-    if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in LISTED):
+    dist = _distribution(spec)
+    if dist is None or dist[0] not in LISTED:
         return False
-    (values,) = spec.values()
+    values = dist[1]
     return isinstance(values, list) and bool(values) and all(isinstance(v, dict) and v for v in values)
 
 
@@ -96,15 +105,16 @@ def _entry(path: Path, key: str, spec: Any, known_keys: set[str]) -> SpaceEntry:
     if any(k.startswith(f"{key}.") for k in known_keys):
         raise SpaceError(f"{path}: {key!r} is a config section; name a config key, or label a bundle with another word")
     if key not in known_keys and _is_bundle(spec):  # a label whose values each set several keys
-        for setting in next(iter(spec.values())):
+        for setting in _distribution(spec)[1]:
             for inner in setting:
                 if inner not in known_keys:
                     raise SpaceError(f"{path}: {key}: {inner!r} is not a config key (e.g. optim.lr, method.name)")
     elif key not in known_keys:
         raise SpaceError(f"{path}: {key!r} is not a config key (e.g. optim.lr, method.temperature, data.augment.blur_p)")
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+    named = _distribution(spec)
+    if named is None or named[0] not in DISTRIBUTIONS:
         raise SpaceError(f"{path}: {key}: expected one of {{{', '.join(DISTRIBUTIONS)}: ...}}")
-    ((dist, args),) = spec.items()
+    dist, args = named
     if dist in LISTED and (not isinstance(args, list) or not args):
         raise SpaceError(f"{path}: {key}: {dist} needs a non-empty list of values")
     if dist in RANGES and (not isinstance(args, list) or len(args) != 2 or args[0] >= args[1]):
