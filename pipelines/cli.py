@@ -290,14 +290,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TrackingError, SpaceError, FileNotFoundError) as err:
         if os.environ.get("RAYSSL_TRACEBACK"):  # asked for: the traceback first, then the one line
             traceback.print_exc()
-        print(f"rayssl: error: {err}", file=sys.stderr)
-        return 2
+        return _last_line(f"rayssl: error: {err}", 2)
     except FloatingPointError as err:  # training diverged; the run is marked FAILED
-        print(f"rayssl: training failed: {err}; the MLflow run is marked FAILED", file=sys.stderr)
-        return 1
+        return _last_line(f"rayssl: training failed: {err}; the MLflow run is marked FAILED", 1)
     except KeyboardInterrupt:
-        print("rayssl: interrupted; the MLflow run is marked KILLED", file=sys.stderr)
-        return 130
+        return _last_line("rayssl: interrupted; the MLflow run is marked KILLED", 130)
+
+
+def _last_line(text: str, code: int) -> int:
+    """The run's outcome as the terminal's last line: Ray's late-forwarded lines are stopped first."""
+    from pipelines.cluster import stop_local_ray
+
+    stop_local_ray()
+    print(text, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

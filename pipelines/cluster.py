@@ -41,6 +41,10 @@ def quiet_ray_train_report_lines(level: str) -> None:
     logging.getLogger(context.__file__).setLevel(level)
 
 
+# Whether this process started the local Ray it uses (not a cluster it joined, nor one its caller started).
+_started_local_ray = False
+
+
 def ensure_ray(resources: dict | None = None) -> None:
     """Join the running cluster, else start a local Ray; only a local one takes ``resources``.
 
@@ -56,6 +60,17 @@ def ensure_ray(resources: dict | None = None) -> None:
         else:
             env = {"env_vars": {"RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
             ray.init(resources=resources, log_to_driver=True, runtime_env=env)
+            global _started_local_ray
+            _started_local_ray = True
+
+
+def stop_local_ray() -> None:
+    """Stop the local Ray this process started, so that its actors' last lines, which Ray forwards to this
+    terminal a moment late, cannot come after the line the caller prints next. A joined cluster stays up."""
+    global _started_local_ray
+    if _started_local_ray and ray.is_initialized():
+        ray.shutdown()
+    _started_local_ray = False
 
 
 def check_capacity(cfg: Config) -> None:

@@ -58,8 +58,9 @@ def test_pretrain_probe_and_mlflow_server_record(ray_session, fmnist_shards, mlf
     assert all(0 < v < math.log(2 * 64 - 1) + 0.5 for v in losses)  # below chance-level NT-Xent for batch 64
     # probes are real accuracies on 10 classes, far from chance (0.1)
     assert 0.3 < measured("probe/knn_top1", run.data.metrics["probe/knn_top1"], above=0.3) <= 1.0
-    # 3 full suite runs gave 0.407, 0.408, 0.356 (sd 0.030): 0.24 sits 5 sd under their mean, 2.4x chance
-    assert 0.24 < measured("probe/linear_top1", run.data.metrics["probe/linear_top1"], above=0.24) <= 1.0
+    # 6 full suite runs gave 0.407, 0.408, 0.356, 0.411, 0.333, 0.371 (mean 0.381, sd 0.033): 0.21 sits 5.2 sd
+    # under their mean, 2x chance
+    assert 0.21 < measured("probe/linear_top1", run.data.metrics["probe/linear_top1"], above=0.21) <= 1.0
     pixels = run.data.metrics["baseline/pixels_linear_top1"]
     assert measured("baseline/pixels_linear_top1", pixels, above=0.5) > 0.5
     artifacts = {a.path for a in tracking.client(mlflow_server).list_artifacts(result.run_id)}
