@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pipelines.data import (
     load_image,
     read_fashion_mnist,
 )
+from pipelines.sampling import hash_fraction, mixed_order
 
 
 @dataclass
@@ -44,7 +46,7 @@ class _SplitWriter:
     rows_per_shard: int
     rows: list[tuple[bytes, int, str]] = field(default_factory=list)
     written: int = 0
-    labeled: int = 0
+    label_counts: Counter = field(default_factory=Counter)
     reused: int = 0
     files: list[str] = field(default_factory=list)
 
@@ -66,11 +68,11 @@ class _SplitWriter:
             table = pa.table({"image": list(images), "label": list(labels), "id": list(ids)}, schema=SCHEMA)
             table = table.replace_schema_metadata({DIGEST_KEY: digest})
             buffer = pa.BufferOutputStream()
-            pq.write_table(table, buffer)
+            pq.write_table(table, buffer, row_group_size=ROW_GROUP_ROWS)
             storage.write_bytes(target, buffer.getvalue().to_pybytes())  # a reader never sees a half-written shard
         self.files.append(name)
         self.written += len(self.rows)
-        self.labeled += sum(1 for label in labels if label >= 0)
+        self.label_counts.update(labels)
         self.rows = []
 
     def remove_strays(self) -> None:
@@ -80,10 +82,16 @@ class _SplitWriter:
             if found.base_name.startswith(("part-", ".part-")) and found.base_name not in self.files:
                 fs.delete_file(found.path)
 
-    def summary(self) -> dict:
-        return {"rows": self.written, "labeled": self.labeled, "shards": self.files}
+    def summary(self, num_classes: int) -> dict:
+        """Rows, labeled rows, rows per class (in the manifest's class order) and the part files."""
+        labeled = sum(n for label, n in self.label_counts.items() if label >= 0)
+        class_counts = [self.label_counts[c] for c in range(num_classes)]
+        return {"rows": self.written, "labeled": labeled, "class_counts": class_counts, "shards": self.files}
 
 
+# Row groups are the unit a reader can fetch alone: a probe's sampled rows cost the row groups that hold
+# them (pipelines.data.read_sample), not whole shards.
+ROW_GROUP_ROWS = 1024
 DIGEST_KEY = b"rayssl.rows_digest"  # in each part's Parquet footer: which rows it holds, so a re-run can keep it
 
 
@@ -126,14 +134,50 @@ def _as_text(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _hash_fraction(text: str) -> float:
-    """A fixed pseudo-random number in [0, 1) for ``text``: the same split on every machine and re-run."""
-    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32
+@dataclass
+class _Source:
+    """What a source holds, listed before anything is decoded: ``(id, label, key)`` items per split.
+
+    ``encode(key)`` decodes, checks and encodes one item (raising ``ValueError`` or ``OSError``
+    for an unreadable one); the writer calls it only for the items it writes.
+    """
+
+    mode: str
+    image_size: list[int]
+    classes: list[str]
+    items: dict[str, list[tuple[str, int, object]]]
+    encode: Callable[[object], bytes]
 
 
-def _is_test(image_id: str, test_fraction: float) -> bool:
-    return _hash_fraction(image_id) < test_fraction
+def _fashion_mnist_source() -> _Source:
+    items, arrays = {}, {}
+    for split in ("train", "test"):
+        arrays[split], labels = read_fashion_mnist(split)
+        items[split] = [(f"fashion-mnist/{split}/{i:05d}", int(label), (split, i)) for i, label in enumerate(labels)]
+    return _Source("L", [28, 28], FASHION_MNIST_CLASSES, items, lambda key: encode_png(arrays[key[0]][key[1]]))
+
+
+def _folder_source(root: Path, mode: str, size: int, test_fraction: float) -> _Source:
+    """Class sub-folders give labels (sorted names); images directly in ``root`` are unlabeled (-1).
+
+    A labeled image goes to ``test`` by a hash of its path, with probability ``test_fraction``.
+    """
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder; give an image folder or 'fashion-mnist'")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; give a folder of images (class sub-folders give labels)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+    class_index = {name: i for i, name in enumerate(classes)}
+    items: dict[str, list] = {"train": [], "test": []}
+    for path in _folder_files(root):
+        rel = path.relative_to(root)
+        image_id = _as_text(str(rel))
+        label = class_index[rel.parts[0]] if len(rel.parts) > 1 else -1
+        split = "test" if label >= 0 and hash_fraction(image_id) < test_fraction else "train"
+        items[split].append((image_id, label, path))
+    # the manifest is JSON read by other tools
+    classes = [_as_text(name) for name in classes]
+    return _Source(mode, [size, size], classes, items, lambda path: encode_png(np.asarray(load_image(path, mode, size))))
 
 
 def write_shards(
@@ -149,9 +193,9 @@ def write_shards(
 ) -> ShardResult:
     """Shard ``source`` (``fashion-mnist`` or an image folder) into ``out/train`` and ``out/test``.
 
-    Folder sources: class sub-folders give labels (sorted names), images directly in
-    the folder are unlabeled (-1); labeled images go to ``test`` by a hash of their
-    path with probability ``test_fraction``. ``limit`` caps the rows per split.
+    Rows are written in a mixed order (``sampling.mixed_order``): every shard holds every class in
+    proportion, whatever order the source lists them in, and the same order on every re-run.
+    ``limit`` keeps that many rows per split: the first of the mixed order, a sample stratified by class.
     ``keep_labels`` (0..1) keeps that share of the train split's labels, chosen by a hash
     of the image id, and writes the rest as unlabeled: the semi-supervised setting.
     The test split keeps its labels: it is what the probes report.
@@ -160,70 +204,47 @@ def write_shards(
         raise DataError(f"--keep-labels {keep_labels}: give the share of train labels to keep, between 0 and 1")
 
     def train_label(label: int, image_id: str) -> int:
-        if keep_labels is None or label < 0 or _hash_fraction("keep-labels:" + image_id) < keep_labels:
+        if keep_labels is None or label < 0 or hash_fraction("keep-labels:" + image_id) < keep_labels:
             return label
         return -1
 
+    if source == "fashion-mnist":
+        src = _fashion_mnist_source()
+    else:
+        src = _folder_source(Path(source), mode or "RGB", size or 32, test_fraction)
     out = out if storage.is_remote(out) else str(Path(out).expanduser().resolve())
     storage.check_bucket(out, "--out")
     _remove_manifest(out)  # until the new one is written last, nobody mistakes this folder for a whole shard set
     writers = {s: _SplitWriter(f"{out}/{s}", rows_per_shard) for s in ("train", "test")}
     skipped: list[dict] = []
-    if source == "fashion-mnist":
-        mode, classes = "L", FASHION_MNIST_CLASSES
-        for split, writer in writers.items():
-            images, labels = read_fashion_mnist(split)
-            n = len(images) if limit is None else min(limit, len(images))
-            for i in range(n):
-                image_id = f"fashion-mnist/{split}/{i:05d}"
-                label = int(labels[i]) if split == "test" else train_label(int(labels[i]), image_id)
-                writer.add(encode_png(images[i]), label, image_id)
-            writer.flush()
-        image_size = [28, 28]
-    else:
-        root = Path(source)
-        if not root.exists():
-            raise DataError(f"{root}: no such file or folder; give an image folder or 'fashion-mnist'")
-        if not root.is_dir():
-            raise DataError(f"{root}: not a folder; give a folder of images (class sub-folders give labels)")
-        mode = mode or "RGB"
-        size = size or 32
-        image_size = [size, size]
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink())
-        class_index = {name: i for i, name in enumerate(classes)}
-        classes = [_as_text(name) for name in classes]  # the manifest is JSON read by other tools
-        for path in _folder_files(root):
-            rel = path.relative_to(root)
-            image_id = _as_text(str(rel))
+    for split, writer in writers.items():
+        items = src.items[split]
+        for position in mixed_order([item[0] for item in items], [item[1] for item in items]):
+            if limit is not None and writer.written + len(writer.rows) >= limit:
+                break
+            image_id, label, key = items[position]
             try:
-                img = load_image(path, mode, size)
+                data = src.encode(key)
             except (ValueError, OSError) as err:
                 if strict:
-                    raise DataError(f"{path}: {err}; fix or remove it, or run without --strict to skip it") from None
+                    raise DataError(f"{key}: {err}; fix or remove it, or run without --strict to skip it") from None
                 skipped.append({"file": image_id, "reason": str(err)})
                 continue
-            label = class_index[rel.parts[0]] if len(rel.parts) > 1 else -1
-            split = "test" if label >= 0 and _is_test(image_id, test_fraction) else "train"
-            if split == "train":
-                label = train_label(label, image_id)
-            writer = writers[split]
-            if limit is None or writer.written + len(writer.rows) < limit:
-                writer.add(encode_png(np.asarray(img)), label, image_id)
-        for writer in writers.values():
-            writer.flush()
-        if writers["train"].written == 0 and writers["test"].written == 0:
-            why = f"all {len(skipped)} image files were unreadable" if skipped else "no image files found"
-            raise DataError(f"{root}: {why}; image suffixes read: {', '.join(sorted(IMAGE_SUFFIXES))}")
+            writer.add(data, train_label(label, image_id) if split == "train" else label, image_id)
+        writer.flush()
+    if writers["train"].written == 0 and writers["test"].written == 0:
+        why = f"all {len(skipped)} image files were unreadable" if skipped else "no image files found"
+        raise DataError(f"{source}: {why}; image suffixes read: {', '.join(sorted(IMAGE_SUFFIXES))}")
     manifest = {
         "source": source,
-        "mode": mode,
-        "channels": 1 if mode == "L" else 3,
-        "image_size": image_size,
-        "classes": classes,
-        "splits": {s: w.summary() for s, w in writers.items()},
+        "mode": src.mode,
+        "channels": 1 if src.mode == "L" else 3,
+        "image_size": src.image_size,
+        "classes": src.classes,
+        "splits": {s: w.summary(len(src.classes)) for s, w in writers.items()},
         "keep_labels": keep_labels,
         "skipped_count": len(skipped),
-        "skipped": skipped,
+        "skipped": sorted(skipped, key=lambda s: s["file"]),
     }
     for writer in writers.values():
         writer.remove_strays()
