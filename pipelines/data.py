@@ -22,6 +22,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipelines.sampling import stratified_sample
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -230,17 +232,52 @@ def labeled_rows(manifest: dict) -> dict[str, int]:
     return {split: int(summary.get("labeled", 0)) for split, summary in manifest.get("splits", {}).items()}
 
 
-def load_images(shards: str, split: str, max_images: int) -> np.ndarray:
-    """The first ``max_images`` decoded images (N, H, W, C) of one split, labeled or not (label-free probes)."""
+def read_sample(shards: str, split: str, max_images: int | None = None, labeled_only: bool = False) -> pa.Table:
+    """Rows of one split (``image``, ``label``, ``id``): all of them, or ``max_images`` drawn across the whole split.
+
+    The sample is seeded and stratified by label (``sampling.stratified_sample``; unlabeled rows are a
+    stratum of their own), never the first rows: a split may come class by class (shards written by
+    another tool, or an older rayssl). To choose, only the ``label`` column is read; then only the row
+    groups that hold chosen rows, one file at a time, keeping just those rows. Rows come in file order.
+    """
     import pyarrow.dataset as pads
 
     uri = split_uri(shards, split)
     try:
-        table = pads.dataset(uri, format="parquet").head(max_images, columns=["image", "id"])
+        fragments = sorted(pads.dataset(uri, format="parquet").get_fragments(), key=lambda f: f.path)
+        file_labels = [f.to_table(columns=["label"]).column("label").to_numpy() for f in fragments]
     except (pa.ArrowInvalid, FileNotFoundError, OSError) as err:
         raise DataError(f"{uri}: cannot read shards ({err}); re-run 'rayssl shard'") from None
+    labels = np.concatenate(file_labels) if file_labels else np.empty(0, np.int64)
+    rows = np.flatnonzero(labels >= 0) if labeled_only else np.arange(len(labels))
+    if max_images is not None:
+        rows = rows[stratified_sample(labels[rows], max_images)]
+    tables, start = [], 0
+    for fragment, in_file in zip(fragments, file_labels, strict=True):
+        wanted = rows[(rows >= start) & (rows < start + len(in_file))] - start
+        start += len(in_file)
+        if len(wanted):
+            tables.append(_take_rows(fragment, wanted))
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def _take_rows(fragment, rows: np.ndarray) -> pa.Table:
+    """Rows ``rows`` (sorted, within the file) of one Parquet file, reading only the row groups that hold them."""
+    fragment.ensure_complete_metadata()
+    bounds = np.cumsum([0] + [group.num_rows for group in fragment.row_groups])
+    group_of_row = np.searchsorted(bounds, rows, side="right") - 1
+    groups = np.unique(group_of_row)
+    # where each chosen group starts in the table of the chosen groups alone
+    starts = dict(zip(groups.tolist(), np.cumsum([0] + [bounds[g + 1] - bounds[g] for g in groups[:-1]]).tolist(), strict=True))
+    table = fragment.subset(row_group_ids=groups.tolist()).to_table(columns=["image", "label", "id"])
+    return table.take([starts[g] + r - bounds[g] for g, r in zip(group_of_row.tolist(), rows.tolist(), strict=True)])
+
+
+def load_images(shards: str, split: str, max_images: int | None) -> np.ndarray:
+    """Decoded images (N, H, W, C) of one split, labeled or not (label-free probes): ``read_sample``'s rows."""
+    table = read_sample(shards, split, max_images)
     if table.num_rows == 0:
-        raise DataError(f"{uri}: no images; re-run 'rayssl shard'")
+        raise DataError(f"{split_uri(shards, split)}: no images; re-run 'rayssl shard'")
     return decode_png_batch(_image_columns(table))["image"]
 
 
@@ -250,16 +287,12 @@ def _image_columns(table: pa.Table) -> dict[str, np.ndarray]:
 
 
 def load_labeled(shards: str, split: str, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded labeled images (N, H, W, C) and labels of one split, for the probes."""
-    import pyarrow.dataset as pads
+    """Decoded labeled images (N, H, W, C) and labels of one split, for the probes: ``read_sample``'s labeled rows.
 
+    ``max_images`` are drawn across the whole split, every class in proportion.
+    """
     uri = split_uri(shards, split)
-    try:
-        table = pads.dataset(uri, format="parquet").to_table(columns=["image", "label", "id"], filter=pads.field("label") >= 0)
-    except (pa.ArrowInvalid, FileNotFoundError, OSError) as err:
-        raise DataError(f"{uri}: cannot read shards ({err}); re-run 'rayssl shard'") from None
-    if max_images is not None:
-        table = table.slice(0, max_images)
+    table = read_sample(shards, split, max_images, labeled_only=True)
     if table.num_rows == 0:
         raise DataError(
             f"{uri}: no labeled images; probes need a labeled set: set probe.shards to shards of a folder with class sub-folders"

@@ -15,6 +15,7 @@ from torch import nn
 from pipelines.build import build_method
 from pipelines.config import Config, ConfigError, ProbeConfig
 from pipelines.data import check_shards, labeled_rows, load_images, load_labeled, read_manifest, resolve_uri
+from pipelines.sampling import SUBSET_SEED, stratified_sample
 from pipelines.shared_work import cache_dir, digest, shared_arrays, shared_metrics, weights_digest
 from ssl_models.probes import knn_top1, linear_probe_top1, rankme
 from ssl_models.views import model_input
@@ -91,8 +92,20 @@ def check_probe_set(cfg: Config, manifest: dict) -> bool:
 
 
 def load_splits(shards: str, probe: ProbeConfig) -> LabeledSplits:
+    """The probe's train and test sets: every labeled row, or ``probe.max_*_images`` drawn across each split by class.
+
+    One warning line when the train set holds fewer classes than the test set: the probe cannot
+    predict a class it never saw, so its accuracy would mostly say which classes it was given.
+    """
     train_x, train_y = load_labeled(shards, "train", probe.max_train_images)
     test_x, test_y = load_labeled(shards, "test", probe.max_test_images)
+    seen, tested = np.unique(train_y), np.unique(test_y)
+    if len(np.setdiff1d(tested, seen)):
+        print(
+            f"warning: {shards}: the probe's train set holds {len(seen)} of the {len(tested)} classes in the test split; "
+            "give the missing classes labeled train images (or raise probe.max_train_images)",
+            flush=True,
+        )
     return LabeledSplits(train_x, train_y, test_x, test_y)
 
 
@@ -138,10 +151,12 @@ class EpochKNN:
 
     def __init__(self, cfg: Config):
         n = cfg.probe.epoch_knn_images
-        images, labels = load_labeled(probe_shards(cfg), "train", n + max(10, n // 4))
+        images, labels = load_labeled(probe_shards(cfg), "train", n + max(10, n // 4))  # stratified across the split
         n = min(n, len(images) * 4 // 5)  # small shards: keep a fifth for queries
-        self.train_images, self.train_labels = images[:n], labels[:n]
-        self.test_images, self.test_labels = images[n:], labels[n:]
+        in_bank = np.zeros(len(labels), dtype=bool)
+        in_bank[stratified_sample(labels, n, seed=SUBSET_SEED + 1)] = True  # bank and queries both hold every class
+        self.train_images, self.train_labels = images[in_bank], labels[in_bank]
+        self.test_images, self.test_labels = images[~in_bank], labels[~in_bank]
         self.k = min(cfg.probe.knn_k, len(self.train_images))
         self.temperature = cfg.probe.knn_temperature
         self.num_classes = int(max(self.train_labels.max(), self.test_labels.max())) + 1
@@ -153,7 +168,7 @@ class EpochKNN:
 
 
 class EpochRankMe:
-    """RankMe of the encoder's features on the first ``probe.rankme_images`` pretraining images.
+    """RankMe of the encoder's features on ``probe.rankme_images`` pretraining images drawn across the split.
 
     Label-free, so runs and searches on unlabeled data still see how the encoder develops.
     Measured on the representation the probes use (the encoder's pooled features).
@@ -183,6 +198,7 @@ def run_probes(method: nn.Module, cfg: Config, splits: LabeledSplits | None = No
     metrics.update({f"probe/{k}": v for k, v in probe_encoder(method.encoder, splits, cfg.probe, device).items()})
     # How many labeled images the probes fit on and report on (partly labeled shards: only the labeled rows).
     metrics["probe/train_images"], metrics["probe/test_images"] = len(splits.train_labels), len(splits.test_labels)
+    metrics["probe/train_classes"] = len(np.unique(splits.train_labels))  # the classes the probe was fit on
     if not (cfg.probe.baselines or cfg.probe.labels_per_class):
         return metrics
     torch.manual_seed(cfg.train.seed)

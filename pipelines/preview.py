@@ -12,19 +12,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow.dataset as pads  # noqa: E402
 import torch  # noqa: E402
 
 from pipelines.build import view_policy  # noqa: E402
 from pipelines.config import Config  # noqa: E402
-from pipelines.data import decode_png_batch, read_manifest, split_uri  # noqa: E402
+from pipelines.data import load_images, read_manifest  # noqa: E402
 from ssl_models.views import PIXEL_MEAN, PIXEL_STD  # noqa: E402
 
 
-def first_images(shards: str, count: int) -> np.ndarray:
-    """The first ``count`` decoded train images, uint8 (N, H, W, C)."""
-    table = pads.dataset(split_uri(shards, "train"), format="parquet").head(count, columns=["image"])
-    return decode_png_batch({"image": table.column("image").to_numpy(zero_copy_only=False)})["image"]
+def sample_images(shards: str, count: int) -> np.ndarray:
+    """``count`` decoded train images drawn across the split (``data.load_images``), uint8 (N, H, W, C)."""
+    return load_images(shards, "train", count)
 
 
 def _show(ax, chw: torch.Tensor) -> None:
@@ -38,7 +36,7 @@ def preview(cfg: Config, out: str | Path, images: int = 6, draws: int = 2, seed:
     manifest = read_manifest(cfg.data.shards)
     policy = view_policy(cfg, manifest)
     policy.seed = seed
-    originals = first_images(cfg.data.shards, images)
+    originals = sample_images(cfg.data.shards, images)
     batch = torch.from_numpy(np.ascontiguousarray(originals))
     columns = []
     for d in range(draws):

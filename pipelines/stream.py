@@ -65,11 +65,17 @@ def read_train_shards(cfg: Config) -> ray.data.Dataset:
         return ray.data.read_parquet(split_uri(cfg.data.shards, "train"), shuffle="files")
 
 
-def build_pretrain_dataset(cfg: Config, manifest: dict) -> ray.data.Dataset:
-    """Stream the train shards: read Parquet, decode, and (on CPU) make the views, per sample and per epoch."""
+def build_pretrain_dataset(cfg: Config, manifest: dict, with_labels: bool = False) -> ray.data.Dataset:
+    """Stream the train shards: read Parquet, decode, and (on CPU) make the views, per sample and per epoch.
+
+    Makes no assumption about the rows' order: ``rayssl shard`` writes every class spread over each
+    shard, the files come in a new order every epoch, and ``train_batches`` mixes rows in a window.
+    ``with_labels`` passes the ``label`` column through to the workers (tests look at batch composition).
+    """
     # One progress line per epoch from the trainer is enough; Ray Data's bars flood a terminal log.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = read_train_shards(cfg).select_columns(["image", "id"])  # every row, labeled or not; id names a bad one
+    # every row, labeled or not; id names a bad one
+    ds = read_train_shards(cfg).select_columns(["image", "id", *(["label"] if with_labels else [])])
     if cfg.data.max_train_images:
         ds = ds.limit(cfg.data.max_train_images)
     policy = view_policy(cfg, manifest) if cfg.data.augment_on == "cpu" else None
@@ -80,3 +86,19 @@ def train_images(cfg: Config, manifest: dict) -> int:
     """Images each epoch trains on (all workers)."""
     rows = manifest["splits"]["train"]["rows"]
     return min(rows, cfg.data.max_train_images or rows)
+
+
+def train_batches(shard, cfg: Config, per_worker: int, epoch: int, rank: int, device):
+    """One worker's batches for one epoch: rows mixed in a buffer of ``data.shuffle_buffer`` rows, seeded per epoch.
+
+    Not ``randomize_block_order()``: in Ray 2.60 it is an all-to-all step that waits for every block of
+    the epoch before passing one on, which holds the whole split in the object store. The file order
+    (new every epoch, ``read_train_shards``) and this local buffer keep the stream streaming.
+    """
+    return shard.iter_torch_batches(
+        batch_size=per_worker,
+        drop_last=True,
+        device=device,
+        local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+        local_shuffle_seed=(cfg.train.seed * 100_000 + epoch) * 1_000 + rank,  # another mix every epoch, on every worker
+    )

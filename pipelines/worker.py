@@ -28,7 +28,7 @@ from pipelines.failures import NonFiniteLossError, unfixable_errors_in_one_line
 from pipelines.faults import FaultInjector
 from pipelines.init_from import init_encoder
 from pipelines.metric_buffer import MetricBuffer
-from pipelines.stream import train_images
+from pipelines.stream import train_batches, train_images
 from ssl_models.optim import set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE
 from ssl_models.schedules import learning_rate, warmup_steps
@@ -46,6 +46,7 @@ class Worker:
     policy: object | None  # views made here on the device; None: Ray Data made them
     faults: FaultInjector
     device: torch.device
+    rank: int
     world: int
     per_worker: int  # images per step on this worker
     total_steps: int
@@ -103,7 +104,7 @@ def train_epoch(w: Worker, shard, epoch: int, step: int) -> tuple[dict[str, floa
     lr = w.base_lr
     t0 = ready = time.perf_counter()
     waited = 0.0  # seconds this worker sat waiting for its next batch: data starvation
-    for batch in shard.iter_torch_batches(batch_size=w.per_worker, drop_last=True, device=w.device):
+    for batch in train_batches(shard, w.cfg, w.per_worker, epoch, w.rank, w.device):
         waited += time.perf_counter() - ready
         # Views come from Ray Data as uint8 (the method's forward normalizes them), or are made here.
         if w.policy is not None:
@@ -203,6 +204,7 @@ def _train_loop(loop_config: dict) -> None:
         policy=view_policy(cfg, manifest, method) if cfg.data.augment_on == "device" else None,
         faults=FaultInjector(cfg.faults, rank, Path(cfg.tracking.runs_dir) / "faults", run_id),
         device=device,
+        rank=rank,
         world=world,
         per_worker=per_worker,
         total_steps=total_steps,

@@ -49,6 +49,32 @@ def fmnist_shards(tmp_path_factory) -> Path:
     return out
 
 
+def write_class_tree(root: Path, per_class: int, offset: int = 0) -> Path:
+    """Fashion-MNIST train images written as an ImageNet-style class-folder tree of PNG files, ``per_class`` a class.
+
+    The layout users bring: a sorted walk of it comes class by class. ``offset`` skips that many
+    images of each class (two trees of other images).
+    """
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.data import FASHION_MNIST_CLASSES, read_fashion_mnist
+
+    images, labels = read_fashion_mnist("train")
+    for c, name in enumerate(FASHION_MNIST_CLASSES):
+        folder = root / name.replace("/", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        for j, i in enumerate(np.flatnonzero(labels == c)[offset : offset + per_class]):
+            Image.fromarray(images[i]).save(folder / f"{j:05d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fmnist_class_tree(tmp_path_factory) -> Path:
+    """600 real Fashion-MNIST PNG files in 10 class folders of 60."""
+    return write_class_tree(tmp_path_factory.mktemp("class-tree") / "fmnist", 60)
+
+
 # Real colour photographs shipped in scikit-image's wheel (a pinned dev dependency); crops of them make
 # real RGB image folders of many sizes. One class per photograph in the labeled folder.
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
