@@ -27,7 +27,7 @@ from pipelines.shard import write_shards  # noqa: E402
 from pipelines.train import pretrain  # noqa: E402
 from tests.conftest import write_class_tree  # noqa: E402
 
-SHOWN = ("probe/linear_top1", "probe/knn_top1", "probe/epoch_knn_top1", "probe/train_classes", "train/images_per_s")
+SHOWN = ("probe/linear_top1", "probe/knn_top1", "probe/train_classes", "train/images_per_s")
 
 
 def main() -> None:

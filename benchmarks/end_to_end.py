@@ -1,12 +1,14 @@
 """Data starvation: pretraining fed by the streamed pipeline against the same trainer fed views held in memory.
 
     .venv/bin/python benchmarks/end_to_end.py [--images 8192] [--epochs 3] [--rounds 2] [--augment-on cpu|device]
+        [--shuffle-buffer 1024]
 
 Both sides run rayssl's Ray Train loop (SimCLR, small_cnn, 2 workers) for the same steps.
 "streamed": Ray Data reads the Parquet shards, decodes the PNGs and (with ``cpu``) makes the
 two views in CPU tasks, every epoch anew; with ``device`` the workers make the views on
 their device. "in memory": the same number of views made once beforehand, materialized in
-Ray's object store, so the trainer never waits for data. The ratio streamed/in-memory says
+Ray's object store, so the trainer never waits for data, and taken in order (no shuffle buffer).
+"streamed" mixes rows in ``--shuffle-buffer`` rows per worker (``data.shuffle_buffer``). The ratio streamed/in-memory says
 how much of the trainer's speed the data pipeline keeps; images/s counts epochs after the
 first (medians over ``--rounds`` runs of each side, their order alternating). Last line: ``end_to_end ratio=X.XX target=0.95``.
 """
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--augment-on", choices=["cpu", "device"], default="cpu")
     parser.add_argument("--gpu", action="store_true", help="train on GPUs (one per worker)")
     parser.add_argument("--rounds", type=int, default=2, help="alternate the two sides this many times")
+    parser.add_argument("--shuffle-buffer", type=int, default=1024, help="data.shuffle_buffer of the streamed side")
     args = parser.parse_args()
     runs_dir = Path(tempfile.mkdtemp(prefix="rayssl-bench-"))
     overrides = [
@@ -51,11 +54,14 @@ def main() -> None:
         "probe.rankme_images=0",
         f"tracking.runs_dir={runs_dir}",
     ]
-    cfg = build_config({}, overrides)
+    in_memory_overrides = [*overrides, "data.shuffle_buffer=0"]
+    cfg = build_config({}, in_memory_overrides)
     cfg.data.shards = str(Path(cfg.data.shards).resolve())
     manifest = read_manifest(cfg.data.shards)
     in_memory_views = make_views(cfg, manifest, args.images)
-    streamed_cfg = build_config({}, [*overrides, f"data.augment_on={args.augment_on}"])
+    streamed_cfg = build_config(
+        {}, [*overrides, f"data.augment_on={args.augment_on}", f"data.shuffle_buffer={args.shuffle_buffer}"]
+    )
     streamed_cfg.data.shards = cfg.data.shards
     ray.init(num_gpus=args.workers if args.gpu else 0, include_dashboard=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -78,7 +84,7 @@ def main() -> None:
     device = "GPU" if args.gpu else "CPU"
     print(f"images: {args.images}, workers: {args.workers} on {device}, batch {args.batch_size}, {args.backbone}")
     print(f"in-memory views:                     {m:8.0f} images/s")
-    print(f"streamed + augment_on={args.augment_on:6s}:       {s:8.0f} images/s")
+    print(f"streamed + augment_on={args.augment_on:6s}, shuffle buffer {args.shuffle_buffer}: {s:8.0f} images/s")
     trainer_cpu = sum(run["trainer_cpu_s"] for run in streamed_runs)
     other_cpu = sum(run["other_ray_cpu_s"] for run in streamed_runs)
     print(

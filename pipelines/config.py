@@ -126,6 +126,7 @@ class ProbeConfig(_Strict):
     labels_per_class: list[int] = []  # few-label fine-tuning vs training from scratch, e.g. [10, 100]
     finetune_steps: int = Field(300, ge=1)  # steps of each few-label fine-tune (more for larger label sets)
     epoch_knn_images: int = Field(2000, ge=0)  # labeled images for the cheap per-epoch kNN (0 = off); Tune acts on it
+    # Every subset above is a seeded sample across the whole split, stratified by class (pipelines/sampling.py).
     # Pretraining images (labels not needed) for RankMe, the label-free effective rank, every epoch (0 = off).
     # RankMe wants clearly more images than feature dimensions (small_cnn: 256, resnet50: 2048).
     rankme_images: int = Field(2000, ge=0)

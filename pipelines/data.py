@@ -4,6 +4,9 @@ Shards hold ``image`` (PNG bytes), ``label`` (int64, -1 = none) and ``id`` (str)
 with ``manifest.json`` beside them. ``pipelines.shard`` writes them, decoding and checking
 every image once, so that training never meets a broken file; ``pipelines.stream`` streams
 them through Ray Data.
+
+Nothing here relies on the rows' order: a subset of a split is a stratified sample across all of
+it (``read_sample``), never its first rows, because a split may come class by class.
 """
 
 from __future__ import annotations
