@@ -229,11 +229,12 @@ def test_a_class_tree_pretrains_and_probes_as_the_builtin_source_does(ray_sessio
         metrics = pretrain(cfg).metrics
         assert metrics["probe/train_classes"] == 10
         found[name] = {k: metrics[f"probe/{k}"] for k in ("knn_top1", "linear_top1")}
-    # kNN: e2e runs of this size vary by sd 0.010 (so a difference by ~0.014); 0.07 is 5 sd. Before #24 the
-    # tree's probes saw its first classes only: 0.044 against 0.672 for the per-epoch kNN at full size.
-    knn = measured("knn_top1 tree - builtin", found["tree"]["knn_top1"] - found["builtin"]["knn_top1"], above=-0.07, below=0.07)
-    assert abs(knn) < 0.07, found
-    # linear: sd 0.033 a run; the tree must not fall behind by more than 0.15 (3 sd of a difference, one-sided;
-    # before #24 it fell behind by 0.51)
+    # The tree's test images are a hash split of Fashion-MNIST's train set, the built-in source's are its own test
+    # set: the tree came out ahead in the runs measured (kNN +0.031 in one, linear +0.045 and +0.052 in two).
+    # What #24 fixed is the tree falling far behind (at full size: kNN 0.044 against 0.672, linear 0.276 against
+    # 0.788), so both checks are one-sided. e2e runs of this size vary by sd 0.010 (kNN) and 0.033 (linear): -0.07
+    # sits ~7 sd under the measured kNN difference, -0.15 ~4 sd under the linear one.
+    knn = found["tree"]["knn_top1"] - found["builtin"]["knn_top1"]
+    assert measured("knn_top1 tree - builtin", knn, above=-0.07) > -0.07, found
     linear = found["tree"]["linear_top1"] - found["builtin"]["linear_top1"]
     assert measured("linear_top1 tree - builtin", linear, above=-0.15) > -0.15, found
