@@ -271,9 +271,9 @@ def _take_rows(fragment, rows: np.ndarray) -> pa.Table:
     group_of_row = np.searchsorted(bounds, rows, side="right") - 1
     groups = np.unique(group_of_row)
     # where each chosen group starts in the table of the chosen groups alone
-    starts = dict(zip(groups.tolist(), np.cumsum([0] + [bounds[g + 1] - bounds[g] for g in groups[:-1]]).tolist(), strict=True))
+    group_starts = np.concatenate([[0], np.cumsum(np.diff(bounds)[groups])[:-1]])
     table = fragment.subset(row_group_ids=groups.tolist()).to_table(columns=["image", "label", "id"])
-    return table.take([starts[g] + r - bounds[g] for g, r in zip(group_of_row.tolist(), rows.tolist(), strict=True)])
+    return table.take(group_starts[np.searchsorted(groups, group_of_row)] + rows - bounds[group_of_row])
 
 
 def load_images(shards: str, split: str, max_images: int | None) -> np.ndarray:

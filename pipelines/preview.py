@@ -20,11 +20,6 @@ from pipelines.data import load_images, read_manifest  # noqa: E402
 from ssl_models.views import PIXEL_MEAN, PIXEL_STD  # noqa: E402
 
 
-def sample_images(shards: str, count: int) -> np.ndarray:
-    """``count`` decoded train images drawn across the split (``data.load_images``), uint8 (N, H, W, C)."""
-    return load_images(shards, "train", count)
-
-
 def _show(ax, chw: torch.Tensor) -> None:
     img = (chw * PIXEL_STD + PIXEL_MEAN).clamp(0, 1).permute(1, 2, 0).numpy()
     ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
@@ -36,7 +31,7 @@ def preview(cfg: Config, out: str | Path, images: int = 6, draws: int = 2, seed:
     manifest = read_manifest(cfg.data.shards)
     policy = view_policy(cfg, manifest)
     policy.seed = seed
-    originals = sample_images(cfg.data.shards, images)
+    originals = load_images(cfg.data.shards, "train", images)  # drawn across the split
     batch = torch.from_numpy(np.ascontiguousarray(originals))
     columns = []
     for d in range(draws):
