@@ -14,6 +14,19 @@ from pipelines.config import Config, with_recipe
 from pipelines.data import resolve_uri
 from ssl_models.optim import build_optimizer
 
+# The view size for photos that keep their own sizes (no one size in the manifest), unless data.crop_size
+# says: ImageNet's 224 px, the size SimCLR, BYOL, MoCo and DINO train and evaluate at.
+DEFAULT_PHOTO_CROP = 224
+
+
+def view_size(cfg: Config, manifest: dict) -> int:
+    """The side in px of the views and of the probes' images: ``data.crop_size``, else the shards' one image
+    size, else ``DEFAULT_PHOTO_CROP``."""
+    if cfg.data.crop_size:
+        return cfg.data.crop_size
+    size = manifest.get("image_size")
+    return size[0] if size else DEFAULT_PHOTO_CROP
+
 
 def shared_method_fields(cfg: Config) -> dict:
     """The shared ``method`` fields the config sets (None means: the method's own default)."""
@@ -36,9 +49,8 @@ def build_method(cfg: Config, manifest: dict) -> nn.Module:
     m = cfg.method
     kwargs = {k: v for k, v in shared_method_fields(cfg).items() if k in ssl_models.method_arguments(m.name)}
     kwargs.update(m.kwargs)
-    image_size = cfg.data.crop_size or manifest["image_size"][0]
     return ssl_models.create_method(
-        m.name, backbone=m.backbone, in_channels=manifest["channels"], image_size=image_size, **kwargs
+        m.name, backbone=m.backbone, in_channels=manifest["channels"], image_size=view_size(cfg, manifest), **kwargs
     )
 
 
@@ -48,7 +60,7 @@ def view_policy(cfg: Config, manifest: dict, method=None):
     # A worker passes the method it already built rather than building a second one.
     method = method if method is not None else build_method(with_recipe(cfg)[0], manifest)
     # what the method's paper fixes per view wins over data.augment (validate() says so)
-    return method.make_views(cfg.data.crop_size or manifest["image_size"][0], **cfg.data.augment.model_dump())
+    return method.make_views(view_size(cfg, manifest), **cfg.data.augment.model_dump())
 
 
 def build_method_optimizer(cfg: Config, method) -> torch.optim.Optimizer:

@@ -35,12 +35,19 @@ def cmd_shard(args) -> int:
         mode=args.mode,
         size=args.size,
         keep_labels=args.keep_labels,
+        max_size=args.max_size,
+        parallel=False if args.serial else None,
     )
     m = result.manifest
     splits = ", ".join(
         f"{s}: {v['rows']} rows ({v['labeled']} labeled) in {len(v['shards'])} shards" for s, v in m["splits"].items()
     )
-    print(f"wrote {args.out} ({splits}; {m['image_size'][0]}x{m['image_size'][1]} {m['mode']}, {len(m['classes'])} classes)")
+    if m["image_size"]:
+        sizes = f"{m['image_size'][0]}x{m['image_size'][1]}"
+    else:
+        h, w = m["sizes"]["height"], m["sizes"]["width"]
+        sizes = f"own sizes, {h['min']}-{h['max']} px high, {w['min']}-{w['max']} px wide,"
+    print(f"wrote {args.out} ({splits}; {sizes} {m['mode']}, {len(m['classes'])} classes)")
     if result.reused:
         print(f"kept {result.reused} shards an interrupted run had already written with the same rows")
     if not any(v["labeled"] for v in m["splits"].values()):

@@ -22,13 +22,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("shard", help="write validated Parquet shards from fashion-mnist or an image folder")
-    p.add_argument("source", help="'fashion-mnist' or a folder of images (class sub-folders give labels)")
+    p.add_argument("source", help="'fashion-mnist' or a folder of images, local or s3:// (class sub-folders give labels)")
     p.add_argument("--out", required=True, help="output folder (gets train/, test/, manifest.json)")
     p.add_argument("--rows-per-shard", type=int, default=10_000)
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
     p.add_argument("--limit", type=int, default=None, help="at most this many rows per split")
     p.add_argument("--mode", choices=["L", "RGB"], default=None, help="image mode for folders (default RGB)")
-    p.add_argument("--size", type=int, default=None, help="square size for folders (default 32)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="store folder images as SIZE x SIZE centre crops (PNG); default: each image at its own size",
+    )
+    p.add_argument(
+        "--max-size",
+        type=int,
+        default=512,
+        help="cap the shorter side of folder images at this many px (default 512; 0 = keep every size)",
+    )
+    p.add_argument(
+        "--serial", action="store_true", help="decode in this process instead of Ray tasks on every core of the cluster"
+    )
     p.add_argument(
         "--keep-labels",
         type=float,

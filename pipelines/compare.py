@@ -142,7 +142,7 @@ def _seed_order(seed: str):
 def best_run_embedding(uri: str, best: RunRow, out: Path, max_images: int = 2000) -> Path | None:
     """Download the best run's checkpoint from MLflow and plot its test-set embedding."""
     from pipelines import checkpoint
-    from pipelines.build import method_from_checkpoint
+    from pipelines.build import method_from_checkpoint, view_size
     from pipelines.data import DataError, load_labeled, read_manifest
     from pipelines.evaluate import extract_features, probe_shards
 
@@ -156,7 +156,7 @@ def best_run_embedding(uri: str, best: RunRow, out: Path, max_images: int = 2000
     method, cfg = method_from_checkpoint(state)
     shards = probe_shards(cfg)
     try:
-        images, labels = load_labeled(shards, "test", max_images)
+        images, labels = load_labeled(shards, "test", max_images, view_size(cfg, state["manifest"]))
         classes = read_manifest(shards).get("classes")
     except DataError as err:
         print(f"no embedding plot: {err}")

@@ -41,7 +41,9 @@ class AugmentConfig(_Strict):
 class DataConfig(_Strict):
     shards: str = "rayssl-data/fashion-mnist"  # folder or URI written by `rayssl shard` (has train/ and test/)
     source: str = "fashion-mnist"  # what `rayssl demo` shards into `shards` when they are missing
-    crop_size: int | None = Field(None, ge=4)  # view size in px; None = the image size
+    # View size in px, and the probes' centre crop of photos. None: the shards' image size (shards written with
+    # --size, Fashion-MNIST), or 224 for photos that keep their own sizes (pipelines/build.py: view_size).
+    crop_size: int | None = Field(None, ge=4)
     batch_size: int = Field(256, ge=1)  # global batch, split across workers
     max_train_images: int | None = Field(None, ge=1)  # pretrain on a subset (tests, quick runs)
     # Rows each worker mixes before cutting a batch, anew every epoch (0 = off): with shards read in a new

@@ -1,7 +1,8 @@
 """Data: image sources, image decoding, and reading the Parquet shards that ``rayssl shard`` writes.
 
-Shards hold ``image`` (PNG bytes), ``label`` (int64, -1 = none) and ``id`` (str),
-with ``manifest.json`` beside them. ``pipelines.shard`` writes them, decoding and checking
+Shards hold ``image`` (encoded bytes: the original JPEG where it could be kept, else JPEG or PNG),
+``label`` (int64, -1 = none), ``id`` (str), ``height`` and ``width`` (int32), with ``manifest.json``
+beside them (``image_size: null`` when the images keep their own sizes). ``pipelines.shard`` writes them, decoding and checking
 every image once, so that training never meets a broken file; ``pipelines.stream`` streams
 them through Ray Data.
 
@@ -14,9 +15,11 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import re
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +44,13 @@ FASHION_MNIST_CLASSES = [
     "Ankle boot",
 ]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("id", pa.string())])
+SCHEMA = pa.schema(
+    [("image", pa.binary()), ("label", pa.int64()), ("id", pa.string()), ("height", pa.int32()), ("width", pa.int32())]
+)
+# Folder images keep their own size, the shorter side capped here (``rayssl shard --max-size``): FFCV's
+# ImageNet files cap the side at 400-500 px, which keeps 224 px crops sharp and the shards small.
+DEFAULT_MAX_SIZE = 512
+JPEG_QUALITY = 90  # RGB photos that had to be re-encoded (resized, or not JPEG)
 # Refuse images that declare more pixels than this before decoding them (decompression bombs).
 MAX_IMAGE_PIXELS = 64_000_000
 
@@ -84,15 +93,53 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def load_image(path: Path, mode: str, size: int | None) -> Image.Image:
-    """Open, fully decode and convert one image; raises ``ValueError`` with a reason when it cannot."""
-    if path.stat().st_size == 0:
+@dataclass(frozen=True)
+class EncodedImage:
+    """One image as a shard stores it: its bytes, size in pixels, and how the bytes were made."""
+
+    data: bytes
+    height: int
+    width: int
+    kind: str  # "original" (the file's own JPEG bytes), "jpeg" or "png" (encoded here)
+
+
+def encode_image_file(data: bytes, mode: str, size: int | None = None, max_size: int = DEFAULT_MAX_SIZE) -> EncodedImage:
+    """Decode and check one image file's bytes, then encode it for a shard; ``ValueError`` with a reason when it cannot.
+
+    ``size``: a ``size`` x ``size`` centre crop of the image resized to that shorter side, as PNG (fixed small
+    images). Otherwise the image keeps its own size, the shorter side capped at ``max_size`` (0: no cap). A JPEG
+    already in ``mode`` that needs no resizing keeps its original bytes; any other image is encoded once: JPEG
+    (quality 90) for RGB photos, PNG where lossless matters (grey images, palettes, alpha).
+    """
+    if not data:
         raise ValueError("zero-byte file")
-    width, height = _read_pil(lambda: _declared_size(path))
+    width, height = _read_pil(lambda: _declared_size(data))
     if width * height > MAX_IMAGE_PIXELS:  # checked on the header, before any pixel is allocated
         raise ValueError(f"declares {width}x{height} pixels, over the {MAX_IMAGE_PIXELS} pixel limit (a decompression bomb?)")
-    img = _read_pil(lambda: _decode(path, mode))
-    return img if size is None else _resize_center_crop(img, size)
+    img, file_format, file_mode = _read_pil(lambda: _decode(data, mode))
+    if size is not None:
+        return EncodedImage(encode_png(np.asarray(_resize_center_crop(img, size))), size, size, "png")
+    resized = bool(max_size) and min(img.size) > max_size
+    if resized:
+        img = _cap_shorter_side(img, max_size)
+    elif file_format == "JPEG" and file_mode == mode:
+        return EncodedImage(data, img.height, img.width, "original")
+    buf = io.BytesIO()
+    if mode == "RGB" and file_mode in ("RGB", "CMYK", "YCbCr"):
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+        kind = "jpeg"
+    else:
+        img.save(buf, format="PNG", compress_level=1)
+        kind = "png"
+    return EncodedImage(buf.getvalue(), img.height, img.width, kind)
+
+
+def load_image(path: Path, mode: str, size: int | None) -> Image.Image:
+    """Open, fully decode and convert one image file (``size``: a resized, centre-cropped square).
+
+    Raises ``ValueError`` with a reason when it cannot."""
+    encoded = encode_image_file(path.read_bytes(), mode, size, max_size=0)
+    return Image.open(io.BytesIO(encoded.data))
 
 
 def _read_pil(step):
@@ -111,17 +158,22 @@ def _read_pil(step):
         raise ValueError(f"cannot decode ({type(err).__name__}: {err})") from None
 
 
-def _declared_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as img:
+def _declared_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as img:
         return img.size
 
 
-def _decode(path: Path, mode: str) -> Image.Image:
-    with Image.open(path) as img:
+def _decode(data: bytes, mode: str) -> tuple[Image.Image, str, str]:
+    """The fully decoded image in ``mode``, and the file's format and mode."""
+    with Image.open(io.BytesIO(data)) as img:
         img.verify()  # checksums that load() skips, such as PNG chunk CRCs
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(data)) as img:
         img.load()
-        return _convert(img, mode)
+        if img.mode == "P" and "transparency" in img.info:
+            file_mode = "PA"  # a palette with transparency: as lossless as alpha
+        else:
+            file_mode = img.mode
+        return _convert(img, mode), img.format, file_mode
 
 
 def _convert(img: Image.Image, mode: str) -> Image.Image:
@@ -143,8 +195,16 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def decode_png_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data batch of PNG bytes -> ``image`` uint8 (N, H, W, C); other columns pass through.
+def _cap_shorter_side(img: Image.Image, max_size: int) -> Image.Image:
+    """``img`` resized (antialiased) so that its shorter side is ``max_size``, the aspect ratio kept."""
+    width, height = img.size
+    scale = max_size / min(width, height)
+    new = (max(max_size, round(width * scale)), max(max_size, round(height * scale)))
+    return img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def decode_image_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data batch of encoded images of one size -> ``image`` uint8 (N, H, W, C); other columns pass through.
 
     A row that does not decode (a shard damaged after ``rayssl shard`` checked it) raises
     ``DataError`` naming the row's ``id`` when the batch carries one.
@@ -154,16 +214,55 @@ def decode_png_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             images.append(np.asarray(Image.open(io.BytesIO(data))))
         except Exception as err:
-            row = f"image {batch['id'][i]!r}" if "id" in batch else f"row {i} of a batch"
-            raise DataError(
-                f"{row}: cannot decode its PNG bytes ({type(err).__name__}); the shard is damaged: re-run 'rayssl shard'"
-            ) from None
+            raise damaged_row(batch, i, err) from None
     stacked = np.stack(images)
     if stacked.ndim == 3:
         stacked = stacked[..., None]
     out = {k: v for k, v in batch.items() if k != "image"}
     out["image"] = stacked
     return out
+
+
+def damaged_row(batch: dict, i: int, err: Exception) -> DataError:
+    """The one-line error for row ``i`` of a batch whose image bytes do not decode."""
+    row = f"image {batch['id'][i]!r}" if "id" in batch else f"row {i} of a batch"
+    return DataError(f"{row}: cannot decode its image bytes ({type(err).__name__}); the shard is damaged: re-run 'rayssl shard'")
+
+
+# A paper's evaluation transform: the shorter side resized to 8/7 of the crop (256 for 224), then a centre crop.
+EVAL_RESIZE_RATIO = 8 / 7
+
+
+def eval_crop(data: bytes, crop: int, mode: str) -> np.ndarray:
+    """The probe's view of one encoded image of any size: shorter side to ``crop`` x 8/7, centre ``crop`` x ``crop``."""
+    img = Image.open(io.BytesIO(data))
+    resize = round(crop * EVAL_RESIZE_RATIO)
+    scale = resize / min(img.size)
+    if img.format == "JPEG" and scale <= 0.5:
+        img.draft(mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+    img = img.convert(mode)
+    scale = resize / min(img.size)
+    # the centre crop's box in the (draft-decoded) image, resized straight to the crop: one resampling
+    side = crop / scale
+    left, top = (img.width - side) / 2, (img.height - side) / 2
+    return as_hwc(img.resize((crop, crop), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)))
+
+
+def eval_batch(batch: dict, crop: int, mode: str) -> np.ndarray:
+    """``eval_crop`` of every encoded image of a batch: uint8 (N, crop, crop, C)."""
+    images = []
+    for i, data in enumerate(batch["image"]):
+        try:
+            images.append(eval_crop(data, crop, mode))
+        except Exception as err:
+            raise damaged_row(batch, i, err) from None
+    return np.stack(images) if images else np.empty((0, crop, crop, 1 if mode == "L" else 3), np.uint8)
+
+
+def as_hwc(img: Image.Image) -> np.ndarray:
+    """A PIL image as uint8 (H, W, C), grey images with one channel."""
+    array = np.asarray(img)
+    return array[..., None] if array.ndim == 2 else array
 
 
 # ---------------------------------------------------------------- reading shards
@@ -276,21 +375,35 @@ def _take_rows(fragment, rows: np.ndarray) -> pa.Table:
     return table.take(group_starts[np.searchsorted(groups, group_of_row)] + rows - bounds[group_of_row])
 
 
-def load_images(shards: str, split: str, max_images: int | None) -> np.ndarray:
-    """Decoded images (N, H, W, C) of one split, labeled or not (label-free probes): ``read_sample``'s rows."""
+def load_images(shards: str, split: str, max_images: int | None, crop: int | None = None) -> np.ndarray:
+    """Decoded images (N, H, W, C) of one split, labeled or not (label-free probes): ``read_sample``'s rows,
+    as the probes see them (``decode_for_probes``)."""
     table = read_sample(shards, split, max_images)
     if table.num_rows == 0:
         raise DataError(f"{split_uri(shards, split)}: no images; re-run 'rayssl shard'")
-    return decode_png_batch(_image_columns(table))["image"]
+    return decode_for_probes(table, read_manifest(shards), crop)
 
 
-def _image_columns(table: pa.Table) -> dict[str, np.ndarray]:
-    """A table's ``image`` and ``id`` columns as a batch for ``decode_png_batch`` (the id names a bad row)."""
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in ("image", "id")}
+def decode_for_probes(table: pa.Table, manifest: dict, crop: int | None) -> np.ndarray:
+    """The images of a table of shard rows as an evaluation sees them: uint8 (N, H, W, C).
+
+    Shards of one image size: the images as they are (CIFAR-style evaluation). Shards whose images keep
+    their own sizes: each resized to a shorter side of ``crop`` x 8/7 and centre-cropped to ``crop``
+    (``eval_crop``: 256 then 224, as the papers evaluate on ImageNet).
+    """
+    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in ("image", "id")}
+    if manifest.get("image_size"):
+        return decode_image_batch(batch)["image"]
+    if crop is None:
+        raise ValueError("images of their own sizes need the crop size to probe them at")
+    return eval_batch(batch, crop, manifest["mode"])
 
 
-def load_labeled(shards: str, split: str, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded labeled images (N, H, W, C) and labels of one split, for the probes: ``read_sample``'s labeled rows.
+def load_labeled(
+    shards: str, split: str, max_images: int | None = None, crop: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded labeled images (N, H, W, C) and labels of one split, for the probes: ``read_sample``'s labeled rows,
+    as the probes see them (``decode_for_probes``, at ``crop`` px for photos of their own sizes).
 
     ``max_images`` are drawn across the whole split, every class in proportion.
     """
@@ -300,4 +413,4 @@ def load_labeled(shards: str, split: str, max_images: int | None = None) -> tupl
         raise DataError(
             f"{uri}: no labeled images; probes need a labeled set: set probe.shards to shards of a folder with class sub-folders"
         )
-    return decode_png_batch(_image_columns(table))["image"], table.column("label").to_numpy()
+    return decode_for_probes(table, read_manifest(shards), crop), table.column("label").to_numpy()

@@ -19,21 +19,24 @@ import ray
 import ray.data
 import torch
 
-from pipelines.data import DataError, decode_png_batch, read_manifest, resolve_uri, split_uri
+from pipelines.data import DataError, decode_image_batch, eval_batch, read_manifest, resolve_uri, split_uri
 from pipelines.export import embedding_model_from_checkpoint
 from pipelines.shard import write_shards
 from pipelines.stream import data_context
 
 
 class EmbedBatch:
-    """A Ray Data actor: holds the encoder (an ``EmbeddingModel``) and embeds batches of PNG rows."""
+    """A Ray Data actor: holds the encoder (an ``EmbeddingModel``) and embeds batches of shard rows, each image
+    as the probes saw it (``crop``: photos of their own sizes resized and centre-cropped to it; None: as stored)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, crop: int | None, mode: str):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.to(self.device).eval()
+        self.crop, self.mode = crop, mode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        images = decode_png_batch({"image": batch["image"], "id": batch["id"]})["image"]
+        rows = {"image": batch["image"], "id": batch["id"]}
+        images = decode_image_batch(rows)["image"] if self.crop is None else eval_batch(rows, self.crop, self.mode)
         with torch.no_grad():
             embeddings = self.model(torch.from_numpy(images).to(self.device)).float().cpu().numpy()
         flat = pa.array(embeddings.reshape(-1), type=pa.float32())
@@ -55,15 +58,18 @@ class EmbedResult:
 
 
 def as_shards(data: str, info: dict, tmp: str) -> str:
-    """``data`` when it holds shards; an image folder is sharded first, at the encoder's size and channels."""
+    """``data`` when it holds shards; an image folder is sharded first, in the encoder's channels: at its fixed
+    size when it was pretrained on images of one size, else each image at its own size (probed by centre crop)."""
     if (Path(data) / "manifest.json").is_file() or "://" in data:
         return data
     if not Path(data).is_dir():
         raise DataError(f"--data {data}: neither shards (no manifest.json) nor an image folder")
     mode = "L" if info["in_channels"] == 1 else "RGB"
     out = Path(tmp) / "shards"
-    print(f"sharding the image folder {data} at {info['image_size'][0]} px, {mode} (the encoder's input)")
-    write_shards(data, out, mode=mode, size=info["image_size"][0])
+    fixed = info["preprocess"].startswith("none")
+    size = info["image_size"][0]
+    print(f"sharding the image folder {data} {f'at {size} px' if fixed else 'at its own sizes'}, {mode} (the encoder's input)")
+    write_shards(data, out, mode=mode, size=size if fixed else None)
     return str(out)
 
 
@@ -82,11 +88,14 @@ def embed(
     with tempfile.TemporaryDirectory() as tmp:
         shards = as_shards(data, info, tmp)
         manifest = read_manifest(shards)
-        if manifest["channels"] != info["in_channels"] or list(manifest["image_size"]) != info["image_size"]:
+        fixed = manifest.get("image_size")
+        if manifest["channels"] != info["in_channels"] or (fixed and list(fixed) != info["image_size"]):
             raise DataError(
-                f"--data {data}: {manifest['channels']}-channel {manifest['image_size']} images, but the encoder takes "
-                f"{info['in_channels']}-channel {info['image_size']}; shard them with --size/--mode to match"
+                f"--data {data}: {manifest['channels']}-channel {fixed or 'variable-size'} images, but the encoder takes "
+                f"{info['in_channels']}-channel {info['image_size']}; shard them with --mode to match, and --size "
+                f"{info['image_size'][0]} or no --size (each image at its own size, centre-cropped to it)"
             )
+        crop = None if fixed else info["image_size"][0]
         splits = [split_uri(shards, s) for s in ("train", "test") if manifest["splits"].get(s, {}).get("rows", 0)]
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = encoder_replicas(actors, gpus, int(ray.cluster_resources().get("CPU", 1)))
@@ -99,7 +108,7 @@ def embed(
                 ds = ds.limit(limit)
             ds = ds.map_batches(
                 EmbedBatch,
-                fn_constructor_args=(model,),
+                fn_constructor_args=(model, crop, manifest["mode"]),
                 batch_size=batch_size,
                 batch_format="numpy",
                 concurrency=actors,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.build import build_method
+from pipelines.build import build_method, view_size
 from pipelines.config import Config, ConfigError, ProbeConfig
 from pipelines.data import check_shards, labeled_rows, load_images, load_labeled, read_manifest, resolve_uri
 from pipelines.sampling import SUBSET_SEED, stratified_sample
@@ -46,6 +46,16 @@ def probe_shards(cfg: Config) -> str:
     return cfg.probe.shards or cfg.data.shards
 
 
+def probe_crop(cfg: Config) -> int:
+    """The side in px of the probes' images of photos that keep their own sizes: the views' (``build.view_size``)."""
+    return view_size(cfg, read_manifest(cfg.data.shards))
+
+
+def _probe_image_size(manifest: dict, crop: int) -> int:
+    """The side of the images a probe set gives the encoder: its one image size, or the centre crop of its photos."""
+    return manifest["image_size"][0] if manifest.get("image_size") else crop
+
+
 def has_labels(cfg: Config) -> bool:
     """True when the probe set has labeled images in both splits (the manifest counted them)."""
     return _labeled_in_both_splits(labeled_rows(read_manifest(probe_shards(cfg))))
@@ -72,11 +82,12 @@ def check_probe_set(cfg: Config, manifest: dict) -> bool:
                 f"{where}: holds {probe['channels']}-channel images, the pretraining shards {manifest['channels']}-channel; "
                 f"re-shard it with --mode {'L' if manifest['channels'] == 1 else 'RGB'}"
             )
-        if probe["image_size"] != manifest["image_size"]:
-            size = manifest["image_size"][0]
+        crop = view_size(cfg, manifest)
+        size, probed = _probe_image_size(manifest, crop), _probe_image_size(probe, crop)
+        if probed != size:
             raise ConfigError(
-                f"{where}: holds {probe['image_size'][0]} px images, the pretraining shards {size} px; "
-                f"re-shard it with --size {size}"
+                f"{where}: gives the encoder {probed} px images, the pretraining shards {size} px; "
+                f"re-shard it with --size {size}, or without --size to keep each image's own size"
             )
     rows = labeled_rows(probe)
     labeled = _labeled_in_both_splits(rows)  # as has_labels, from the manifest in hand
@@ -91,14 +102,14 @@ def check_probe_set(cfg: Config, manifest: dict) -> bool:
     return labeled
 
 
-def load_splits(shards: str, probe: ProbeConfig) -> LabeledSplits:
+def load_splits(shards: str, probe: ProbeConfig, crop: int | None = None) -> LabeledSplits:
     """The probe's train and test sets: every labeled row, or ``probe.max_*_images`` drawn across each split by class.
 
     One warning line when the train set holds fewer classes than the test set: the probe cannot
     predict a class it never saw, so its accuracy would mostly say which classes it was given.
     """
-    train_x, train_y = load_labeled(shards, "train", probe.max_train_images)
-    test_x, test_y = load_labeled(shards, "test", probe.max_test_images)
+    train_x, train_y = load_labeled(shards, "train", probe.max_train_images, crop)
+    test_x, test_y = load_labeled(shards, "test", probe.max_test_images, crop)
     seen, tested = np.unique(train_y), np.unique(test_y)
     if len(np.setdiff1d(tested, seen)):
         print(
@@ -151,7 +162,8 @@ class EpochKNN:
 
     def __init__(self, cfg: Config):
         n = cfg.probe.epoch_knn_images
-        images, labels = load_labeled(probe_shards(cfg), "train", n + max(10, n // 4))  # stratified across the split
+        # stratified across the split
+        images, labels = load_labeled(probe_shards(cfg), "train", n + max(10, n // 4), probe_crop(cfg))
         n = min(n, len(images) * 4 // 5)  # small shards: keep a fifth for queries
         in_bank = np.zeros(len(labels), dtype=bool)
         in_bank[stratified_sample(labels, n, seed=SUBSET_SEED + 1)] = True  # bank and queries both hold every class
@@ -175,7 +187,7 @@ class EpochRankMe:
     """
 
     def __init__(self, cfg: Config):
-        self.images = load_images(cfg.data.shards, "train", cfg.probe.rankme_images)
+        self.images = load_images(cfg.data.shards, "train", cfg.probe.rankme_images, probe_crop(cfg))
 
     def __call__(self, encoder, device) -> float:
         return rankme(extract_features(encoder, self.images, device=device))
@@ -240,7 +252,7 @@ def probe_set_key(cfg: Config) -> str:
     """What the probe results depend on besides the encoder: the probe set and the probe settings."""
     shards = probe_shards(cfg)
     probe = cfg.probe.model_dump(exclude={"labels_per_class", "finetune_steps", "epoch_knn_images", "rankme_images"})
-    return digest(resolve_uri(shards), read_manifest(shards), probe)
+    return digest(resolve_uri(shards), read_manifest(shards), probe, probe_crop(cfg))
 
 
 def shared_splits(cfg: Config, cache, data_key: str) -> LabeledSplits:
@@ -249,6 +261,6 @@ def shared_splits(cfg: Config, cache, data_key: str) -> LabeledSplits:
         cache,
         "probe-sets",
         data_key,
-        lambda: vars(load_splits(probe_shards(cfg), cfg.probe)),
+        lambda: vars(load_splits(probe_shards(cfg), cfg.probe, probe_crop(cfg))),
     )
     return LabeledSplits(**arrays)

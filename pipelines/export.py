@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from pipelines import checkpoint
-from pipelines.build import method_from_checkpoint
+from pipelines.build import method_from_checkpoint, view_size
+from pipelines.data import EVAL_RESIZE_RATIO
 from ssl_models.backbones import TorchvisionResNet
 from ssl_models.embedding import EmbeddingModel
 from ssl_models.views import PIXEL_MEAN, PIXEL_STD
@@ -38,11 +39,18 @@ def embedding_model_from_checkpoint(path: str | Path) -> tuple[EmbeddingModel, d
     method, cfg = method_from_checkpoint(state)
     manifest = state["manifest"]
     model = EmbeddingModel(method.encoder).eval()
+    size = view_size(cfg, manifest)
+    if manifest.get("image_size"):
+        preprocess = f"none: images of the shards' size, {size} x {size}"
+    else:
+        resize = round(size * EVAL_RESIZE_RATIO)
+        preprocess = f"resize the shorter side to {resize} px, then centre-crop {size} x {size} (as the probes did)"
     info = {
         "method": cfg.method.name,
         "backbone": cfg.method.backbone,
         "in_channels": manifest["channels"],
-        "image_size": list(manifest["image_size"]),
+        "image_size": [size, size],
+        "preprocess": preprocess,
         "num_features": model.num_features,
         "input": "uint8 images (N, H, W, C), pixels 0-255",
         "output": f"float32 embeddings (N, {model.num_features})",
@@ -53,7 +61,7 @@ def embedding_model_from_checkpoint(path: str | Path) -> tuple[EmbeddingModel, d
     if isinstance(encoder, TorchvisionResNet):
         info["torchvision"] = {
             "arch": cfg.method.backbone,
-            "cifar_stem": manifest["image_size"][0] <= 64,  # 3x3 stride-1 conv1, no max-pool
+            "cifar_stem": size <= 64,  # 3x3 stride-1 conv1, no max-pool
             "key_prefix": "net.",
             "fc": "removed (nn.Identity): the embedding is the pooled features",
         }

@@ -14,9 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipelines.build import view_policy  # noqa: E402
+from pipelines.build import view_policy, view_size  # noqa: E402
 from pipelines.config import Config  # noqa: E402
-from pipelines.data import load_images, read_manifest  # noqa: E402
+from pipelines.crops import crop_batch  # noqa: E402
+from pipelines.data import decode_for_probes, read_manifest, read_sample  # noqa: E402
 from ssl_models.views import PIXEL_MEAN, PIXEL_STD  # noqa: E402
 
 
@@ -27,16 +28,24 @@ def _show(ax, chw: torch.Tensor) -> None:
 
 
 def preview(cfg: Config, out: str | Path, images: int = 6, draws: int = 2, seed: int = 0) -> Path:
-    """Rows: images. Columns: the original, then every view of ``draws`` independent draws."""
+    """Rows: images. Columns: the image (as the probes see it), then every view of ``draws`` independent draws.
+
+    Photos that keep their own sizes have each view cropped from the original, as pretraining does.
+    """
     manifest = read_manifest(cfg.data.shards)
     policy = view_policy(cfg, manifest)
-    policy.seed = seed
-    originals = load_images(cfg.data.shards, "train", images)  # drawn across the split
+    table = read_sample(cfg.data.shards, "train", images)  # drawn across the split
+    originals = decode_for_probes(table, manifest, view_size(cfg, manifest))
     batch = torch.from_numpy(np.ascontiguousarray(originals))
+    rows = {name: table.column(name).to_numpy(zero_copy_only=False) for name in ("image", "id")}
     columns = []
     for d in range(draws):
         policy.seed = seed + d
-        views = policy.apply(batch)
+        if manifest.get("image_size"):
+            views = policy.apply(batch)
+        else:
+            crops = crop_batch(rows, policy.crop_specs(), manifest["mode"], seed=seed + d)
+            views = policy.apply({k: torch.from_numpy(v) for k, v in crops.items() if k.startswith("crop_")})
         columns += [(f"draw {d + 1} {name}", views[name]) for name in sorted(views)]
     fig, axes = plt.subplots(len(originals), 1 + len(columns), figsize=(1.3 * (1 + len(columns)), 1.3 * len(originals)))
     axes = np.atleast_2d(axes)

@@ -2,6 +2,8 @@
 
 Rows stream from the shards to the Ray Train workers a block at a time, per epoch; views are
 made here in Ray Data's CPU tasks (``data.augment_on: cpu``) or in the worker (``device``).
+Images of one size are decoded whole; photos that keep their own sizes have each view cropped
+from the original as it is decoded (``pipelines/crops.py``), and the worker's policy takes the crops.
 """
 
 from __future__ import annotations
@@ -13,17 +15,23 @@ import ray.data
 
 from pipelines.build import view_policy
 from pipelines.config import Config
-from pipelines.data import decode_png_batch, split_uri
+from pipelines.crops import crop_batch
+from pipelines.data import decode_image_batch, split_uri
+from ssl_models.views import CropSpec
 
 
-class ViewsFromPNG:
-    """Ray Data ``map_batches`` callable: decode PNG bytes, then the method's view policy."""
+class ViewsFromShards:
+    """Ray Data ``map_batches`` callable: decode the image bytes, then the method's view policy (None: the worker's).
 
-    def __init__(self, policy):
-        self.policy = policy
+    ``crops`` (shards of any image sizes): each view's crop is cut from the original as it is decoded, and
+    the policy takes the crops; None (images of one size): whole images, and the policy crops them.
+    """
+
+    def __init__(self, policy, crops: list[CropSpec] | None = None, mode: str = "RGB"):
+        self.policy, self.crops, self.mode = policy, crops, mode
 
     def __call__(self, batch):
-        decoded = decode_png_batch(batch)
+        decoded = decode_image_batch(batch) if self.crops is None else crop_batch(batch, self.crops, self.mode)
         decoded.pop("id", None)  # only for naming a row that does not decode; the trainer takes tensors
         return decoded if self.policy is None else self.policy(decoded)
 
@@ -78,8 +86,20 @@ def build_pretrain_dataset(cfg: Config, manifest: dict, with_labels: bool = Fals
     ds = read_train_shards(cfg).select_columns(["image", "id", *(["label"] if with_labels else [])])
     if cfg.data.max_train_images:
         ds = ds.limit(cfg.data.max_train_images)
-    policy = view_policy(cfg, manifest) if cfg.data.augment_on == "cpu" else None
-    return ds.map_batches(ViewsFromPNG(policy), batch_size=256)
+    policy = view_policy(cfg, manifest)
+    crops = policy.crop_specs() if manifest["image_size"] is None else None
+    stage = ViewsFromShards(policy if cfg.data.augment_on == "cpu" else None, crops, manifest["mode"])
+    return ds.map_batches(stage, batch_size=rows_per_views_task(policy.crop_specs(), manifest["channels"]))
+
+
+# A task's views in float32 before they are rounded to uint8; at 224 px 256 rows would take ~300 MiB.
+VIEWS_TASK_BYTES = 64 * 1024**2
+
+
+def rows_per_views_task(specs: list[CropSpec], channels: int) -> int:
+    """Rows per view-making task: 256 of small images (28-32 px), fewer of large views, at least 16."""
+    row_bytes = sum(spec.size**2 for spec in specs) * channels * 4
+    return max(16, min(256, VIEWS_TASK_BYTES // row_bytes))
 
 
 def train_images(cfg: Config, manifest: dict) -> int:

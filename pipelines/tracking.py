@@ -29,6 +29,16 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message says which URI and what to do."""
 
 
+# The columns of a rayssl shard, as an MLflow dataset's schema.
+SHARD_COLUMNS = {
+    "image": "JPEG or PNG bytes",
+    "label": "int64 (-1: unlabeled)",
+    "id": "string",
+    "height": "int32",
+    "width": "int32",
+}
+
+
 def resolve_tracking_uri(configured: str | None, runs_dir: str | Path) -> str:
     """``configured``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<abs runs_dir>/mlflow.db``."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
@@ -317,7 +327,7 @@ def log_dataset_inputs(uri: str, run_id: str, shards: str, manifest: dict, conte
             digest=digest,
             source_type=source_type,
             source=json.dumps({"uri": f"{shards.rstrip('/')}/{split}"}),
-            schema=json.dumps({"image": "PNG bytes", "label": "int64 (-1: unlabeled)", "id": "string"}),
+            schema=json.dumps(SHARD_COLUMNS),
             profile=json.dumps({"num_rows": summary["rows"], "labeled": summary.get("labeled", 0)}),
         )
         tags = [InputTag("mlflow.data.context", context if context != "train" else ("train" if split == "train" else "eval"))]

@@ -20,7 +20,7 @@ from ray.train.torch import TorchTrainer
 
 import ssl_models
 from pipelines import checkpoint, storage, tracking
-from pipelines.build import build_method, ignored_method_fields
+from pipelines.build import build_method, ignored_method_fields, view_size
 from pipelines.cluster import check_capacity, ensure_ray, ray_log_level
 from pipelines.config import Config, ConfigError, with_recipe
 from pipelines.data import check_shards, load_images, read_manifest, resolve_uri
@@ -60,9 +60,12 @@ def validate(cfg: Config) -> dict:
             storage.check_bucket(where, field)
     manifest = read_manifest(cfg.data.shards)
     check_shards(cfg.data.shards, manifest)
-    size = manifest["image_size"][0]
-    if cfg.data.crop_size is not None and cfg.data.crop_size > size:
-        raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than the {size} px images; use at most {size}")
+    fixed = manifest.get("image_size")
+    if fixed and cfg.data.crop_size is not None and cfg.data.crop_size > fixed[0]:
+        raise ConfigError(
+            f"data.crop_size={cfg.data.crop_size} is larger than the shards' {fixed[0]} px images; use at most {fixed[0]}, "
+            "or re-shard without --size so that each image keeps its own size"
+        )
     try:
         method = build_method(with_recipe(cfg)[0], manifest)  # with the recipe's head sizes, as it will train
     except (TypeError, ValueError) as err:
@@ -205,7 +208,8 @@ def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str,
 
 def log_encoder(method, cfg: Config, uri: str, run_id: str) -> str:
     """The run's encoder as an MLflow Model: raw uint8 images in, embeddings out (``EmbeddingModel``)."""
-    example = load_images(cfg.data.shards, "train", 2)  # two real images: the input example and the export's trace
+    # two real images, as the probes see them: the input example and the export's trace
+    example = load_images(cfg.data.shards, "train", 2, view_size(cfg, read_manifest(cfg.data.shards)))
     model_uri = tracking.log_encoder_model(uri, run_id, EmbeddingModel(method.encoder).eval(), example)
     tracking.set_tag(uri, run_id, "rayssl.encoder_model", model_uri)
     return model_uri

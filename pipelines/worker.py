@@ -108,7 +108,7 @@ def train_epoch(w: Worker, shard, epoch: int, step: int) -> tuple[dict[str, floa
         waited += time.perf_counter() - ready
         # Views come from Ray Data as uint8 (the method's forward normalizes them), or are made here.
         if w.policy is not None:
-            batch = w.policy.apply(batch["image"])
+            batch = w.policy.apply(batch)  # whole images, or each view's crop of the original
         if w.cfg.train.channels_last:
             batch = to_channels_last(batch)
         lr = learning_rate(w.cfg.optim.schedule, step, w.total_steps, w.warmup, w.base_lr)

@@ -50,6 +50,19 @@ def random_resized_crop_flip(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def horizontal_flip(images: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Mirror each image left-right with probability ``p``."""
+    chosen = _chosen(images.shape[0], p, gen, images.device)
+    if len(chosen) == 0:
+        return images
+    return images.index_copy(0, chosen, images.index_select(0, chosen).flip(-1))
+
+
+def _chosen(n: int, p: float, gen: torch.Generator, device) -> torch.Tensor:
+    """Indices of the samples an augmentation applied with probability ``p`` applies to (one draw per sample)."""
+    return torch.nonzero(torch.rand(n, generator=gen, device=device) < p).flatten()
+
+
 def color_jitter(
     images: torch.Tensor,
     gen: torch.Generator,
@@ -58,34 +71,41 @@ def color_jitter(
     saturation: float = 0.4,
     p: float = 0.8,
 ) -> torch.Tensor:
-    """Brightness, contrast and (for RGB) saturation jitter, applied with probability ``p``."""
+    """Brightness, contrast and (for RGB) saturation jitter, applied with probability ``p``.
+
+    Brightness b, then contrast c around the image mean m, then saturation s around each pixel's gray g:
+    ``x b c + b m (1 - c)``, then ``y s + g (1 - s)``, clamped to [0, 1]; computed only for the samples it applies to.
+    """
     n, device = images.shape[0], images.device
-    apply = (torch.rand(n, generator=gen, device=device) < p).to(images.dtype).view(n, 1, 1, 1)
+    chosen = _chosen(n, p, gen, device)
     b = _uniform(n, 1 - brightness, 1 + brightness, gen, device).view(n, 1, 1, 1)
     c = _uniform(n, 1 - contrast, 1 + contrast, gen, device).view(n, 1, 1, 1)
-    out = images * b
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * c + mean
-    if images.shape[1] == 3:
-        s = _uniform(n, 1 - saturation, 1 + saturation, gen, device).view(n, 1, 1, 1)
-        gray = _gray(out)
-        out = (out - gray) * s + gray
-    out = out.clamp(0, 1)
-    return apply * out + (1 - apply) * images
+    s = _uniform(n, 1 - saturation, 1 + saturation, gen, device).view(n, 1, 1, 1) if images.shape[1] == 3 else None
+    if len(chosen) == 0:
+        return images
+    x = images.index_select(0, chosen)
+    b, c = b[chosen], c[chosen]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True) * b  # the mean after brightness
+    out = x.mul_(b * c).add_(mean * (1 - c))  # x is a copy: in place is safe
+    if s is not None:
+        s = s[chosen]
+        out = out.mul_(s).add_(_gray(out).mul_(1 - s))
+    return images.index_copy(0, chosen, out.clamp_(0, 1))
 
 
 def _gray(images: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
+    """Luma of RGB images (N, 3, H, W) -> (N, 1, H, W), ITU-R 601 weights."""
+    return images[:, 0:1] * 0.299 + images[:, 1:2] * 0.587 + images[:, 2:3] * 0.114
 
 
 def random_grayscale(images: torch.Tensor, gen: torch.Generator, p: float = 0.2) -> torch.Tensor:
     """Turn RGB images gray with probability ``p``; 1-channel images pass through."""
     if images.shape[1] != 3 or p <= 0:
         return images
-    n = images.shape[0]
-    apply = (torch.rand(n, generator=gen, device=images.device) < p).to(images.dtype).view(n, 1, 1, 1)
-    return apply * _gray(images).expand_as(images) + (1 - apply) * images
+    chosen = _chosen(images.shape[0], p, gen, images.device)
+    if len(chosen) == 0:
+        return images
+    return images.index_copy(0, chosen, _gray(images.index_select(0, chosen)).expand(-1, 3, -1, -1))
 
 
 def gaussian_blur(
@@ -94,33 +114,35 @@ def gaussian_blur(
     """Gaussian blur with probability ``p`` and sigma, in pixels of the view, uniform in ``sigma``.
 
     SimCLR draws sigma in [0.1, 2.0] at 224 px; for 28-32 px images a maximum of
-    about 1 px blurs as much relative to the image. Each sample gets its own
-    separable kernel, applied to the whole batch as one grouped convolution.
+    about 1 px blurs as much relative to the image. Each chosen sample gets its own
+    separable kernel (radius 2 sigma max), applied to them all as one grouped convolution.
     """
     n, c, h, w = images.shape
     if p <= 0:
         return images
     device, dtype = images.device, images.dtype
     sig = _uniform(n, sigma[0], sigma[1], gen, device).to(dtype)
+    chosen = _chosen(n, p, gen, device)
+    if len(chosen) == 0:
+        return images
+    k = len(chosen)
     radius = max(1, math.ceil(2 * sigma[1]))
     xs = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    kernel = torch.exp(-(xs.view(1, -1) ** 2) / (2 * sig.view(-1, 1) ** 2))
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (n, k)
-    apply = torch.rand(n, generator=gen, device=device) < p
-    identity = torch.zeros_like(kernel)
-    identity[:, radius] = 1
-    kernel = torch.where(apply.view(-1, 1), kernel, identity).repeat_interleave(c, dim=0)  # (n*c, k)
-    x = images.reshape(1, n * c, h, w)
+    kernel = torch.exp(-(xs.view(1, -1) ** 2) / (2 * sig[chosen].view(-1, 1) ** 2))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (k*c, taps)
+    x = images.index_select(0, chosen).reshape(1, k * c, h, w)
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(n * c, 1, 1, -1), groups=n * c)
-    x = F.conv2d(x, kernel.view(n * c, 1, -1, 1), groups=n * c)
-    return x.view(n, c, h, w)
+    x = F.conv2d(x, kernel.view(k * c, 1, 1, -1), groups=k * c)
+    x = F.conv2d(x, kernel.view(k * c, 1, -1, 1), groups=k * c)
+    return images.index_copy(0, chosen, x.view(k, c, h, w))
 
 
 def solarize(images: torch.Tensor, gen: torch.Generator, p: float = 0.2, threshold: float = 0.5) -> torch.Tensor:
     """Invert the pixels at or above ``threshold`` (x -> 1 - x), with probability ``p`` per sample (BYOL's view 2)."""
     if p <= 0:
         return images
-    n = images.shape[0]
-    apply = (torch.rand(n, generator=gen, device=images.device) < p).view(n, 1, 1, 1)
-    return torch.where(apply & (images >= threshold), 1 - images, images)
+    chosen = _chosen(images.shape[0], p, gen, images.device)
+    if len(chosen) == 0:
+        return images
+    x = images.index_select(0, chosen)
+    return images.index_copy(0, chosen, torch.where(x >= threshold, 1 - x, x))

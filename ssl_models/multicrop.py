@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ssl_models.views import MultiViewPolicy, _generator, register_views, to_float
+from ssl_models.views import CropSpec, MultiViewPolicy, _generator, register_views, to_float
 
 
 def local_crop_size(image_size: int) -> int:
@@ -63,6 +63,11 @@ class MultiCropPolicy(MultiViewPolicy):
         self.local_size = local_size or local_crop_size(image_size)
         self.global_scale = tuple(global_scale)
         self.local_scale = tuple(local_scale)
+
+    def crop_specs(self) -> list[CropSpec]:
+        """Two global crops, then the local ones."""
+        local = [CropSpec(self.local_size, self.local_scale)] * self.local_crops
+        return [CropSpec(self.image_size, self.global_scale)] * 2 + local
 
     def unit_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views in [0, 1] of uint8 images (N, H, W, C); ``apply`` and ``__call__`` are inherited."""

@@ -6,6 +6,11 @@ as ``label`` pass through). ``policy.apply(images)`` does the same on a uint8 te
 already on the training device (``data.augment_on: device``). Either way every
 sample gets its own random parameters, drawn anew on every call (every epoch).
 
+Images of their own sizes (photos in shards that keep each one's resolution) cannot be stacked:
+there the data stage crops every view from the original first, at the boxes ``crop_specs()``
+asks for (``pipelines/crops.py``), and the policy makes the rest of each view from those fixed-size
+crops (``views_from_crops``: flip, colour, blur, solarize), per batch as before.
+
 The numpy path stores each view as uint8 (N, C, H, W), the augmented image rounded to
 8 bits as an image file would hold it: a quarter of float32's bytes through Ray's
 object store and to the device. ``model_views`` turns them into the normalized floats
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -82,6 +88,20 @@ def model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return normalize(to_float(images))
 
 
+@dataclass(frozen=True)
+class CropSpec:
+    """One view's RandomResizedCrop: output ``size`` px, area share in ``scale``, aspect ratio in ``ratio``."""
+
+    size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+def crop_keys(batch: dict) -> list[str]:
+    """The ``crop_*`` columns of a batch (views cropped from originals, uint8 (N, H, W, C)), in view order."""
+    return sorted((k for k in batch if k.startswith("crop_")), key=lambda k: int(k.split("_")[1]))
+
+
 def _for_view(p: float | Sequence[float], index: int) -> float:
     """A probability for view ``index``: the number itself, or the view's entry (the last one for further views)."""
     if isinstance(p, int | float):
@@ -145,11 +165,19 @@ class MultiViewPolicy:
         """
         size, scale = size or self.image_size, scale or self.crop_scale
         x = augment.random_resized_crop_flip(x, size, gen, scale=scale, flip_p=self.flip_p)
+        return self.colour(x, gen, index)
+
+    def colour(self, x: torch.Tensor, gen: torch.Generator, index: int = 0) -> torch.Tensor:
+        """Colour jitter, grayscale, blur and solarize of view ``index`` (float (N, C, H, W) in [0, 1])."""
         s = self.jitter_strength
         x = augment.color_jitter(x, gen, brightness=s, contrast=s, saturation=s, p=self.jitter_p)
         x = augment.random_grayscale(x, gen, p=self.grayscale_p)
         x = augment.gaussian_blur(x, gen, p=_for_view(self.blur_p, index), sigma=self.blur_sigma)
         return augment.solarize(x, gen, p=_for_view(self.solarize_p, index))
+
+    def crop_specs(self) -> list[CropSpec]:
+        """The crop of each view, for a data stage that crops views from originals of any size."""
+        return [CropSpec(self.image_size, self.crop_scale)] * self.num_views
 
     def unit_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views in [0, 1] of uint8 images (N, H, W, C) on any device, before normalization."""
@@ -157,14 +185,37 @@ class MultiViewPolicy:
         x = to_float(images)
         return {f"view_{i}": self.view(x, gen, index=i) for i in range(self.num_views)}
 
-    def apply(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalized float views of uint8 images (N, H, W, C) on any device, ready for a method."""
-        return {k: normalize(v) for k, v in self.unit_views(images).items()}
+    def views_from_crops(self, crops: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Views in [0, 1] from each view's crop of the original (uint8 (N, H, W, C), as ``crop_specs`` asked):
+        the flip and the colour steps; the crop was made when the original was decoded."""
+        gen = _generator(crops[0].device, self.seed)
+        views = {}
+        for i, crop in enumerate(crops):
+            x = augment.horizontal_flip(to_float(crop), gen, p=self.flip_p)
+            views[f"view_{i}"] = self.colour(x, gen, index=i)
+        return views
+
+    def _unit_views_of(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Unit views of a batch holding ``image`` (one size) or ``crop_*`` columns (cropped from originals)."""
+        keys = crop_keys(batch)
+        if keys:
+            return self.views_from_crops([_tensor(batch[k]) for k in keys])
+        return self.unit_views(_tensor(batch["image"]))
+
+    def apply(self, images: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Normalized float views, ready for a method, of uint8 images (N, H, W, C) on any device, or of a batch
+        with ``image`` or ``crop_*`` columns."""
+        views = self._unit_views_of(images if isinstance(images, dict) else {"image": images})
+        return {k: normalize(v) for k, v in views.items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Views of a numpy batch as uint8 (N, C, H, W); ``model_views`` makes them model input."""
-        images = torch.from_numpy(np.ascontiguousarray(batch["image"]))
-        out = {k: v for k, v in batch.items() if k != "image"}
+        """Views of a numpy batch (``image`` or ``crop_*`` columns) as uint8 (N, C, H, W); ``model_views``
+        makes them model input. Other columns pass through."""
+        out = {k: v for k, v in batch.items() if k != "image" and not k.startswith("crop_")}
         with torch.no_grad():
-            out.update({k: quantize(v).numpy() for k, v in self.unit_views(images).items()})
+            out.update({k: quantize(v).numpy() for k, v in self._unit_views_of(batch).items()})
         return out
+
+
+def _tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images

@@ -14,7 +14,7 @@ from pipelines.failures import fail_fast_on_unfixable_errors, unfixable_cause
 # How Ray Data hands a UDF's error to the consumer: as text inside a RayTaskError(UserCodeException).
 RAY_DATA_TEXT = (
     "\x1b[36mray::MapBatches(ViewsFromPNG)()\x1b[39m (pid=1, ip=127.0.0.1)\n"
-    '  File "pipelines/data.py", line 156, in decode_png_batch\n'
+    '  File "pipelines/data.py", line 156, in decode_image_batch\n'
     "pipelines.data.DataError: image 'a/b.png': cannot decode its PNG bytes (OSError); re-run 'rayssl shard'\n\n"
     "The above exception was the direct cause of the following exception:\n"
     "ray.exceptions.UserCodeException: UDF failed to process a data block."
