@@ -48,16 +48,17 @@ def random_box(width: int, height: int, spec: CropSpec, rng: np.random.Generator
     return float(left), float(top), float(left + w), float(top + h)
 
 
-def _open_for(data: bytes, mode: str, smallest_ratio: float) -> tuple[Image.Image, float]:
+def _open_for(data: bytes, mode: str, smallest_ratio: float) -> tuple[Image.Image, float, float]:
     """The image, decoded at the coarsest JPEG draft scale that keeps every box at least its output size
-    (``smallest_ratio``: the least box side over output side), in ``mode``; and that scale (1, 1/2, 1/4, 1/8)."""
+    (``smallest_ratio``: the least box side over output side), in ``mode``; and its x and y scales (about 1, 1/2,
+    1/4 or 1/8: a draft's sides are rounded up)."""
     img = Image.open(io.BytesIO(data))
-    full_width = img.width
+    full_width, full_height = img.size
     if img.format == "JPEG" and smallest_ratio >= 2:
         # PIL picks the coarsest scale whose image is at least this size: no box ends below its output size
         img.draft(mode, (math.ceil(img.width / smallest_ratio), math.ceil(img.height / smallest_ratio)))
     img = img.convert(mode)  # decodes (at the draft scale)
-    return img, img.width / full_width
+    return img, img.width / full_width, img.height / full_height
 
 
 def crops_of(data: bytes, specs: list[CropSpec], mode: str, rng: np.random.Generator) -> list[np.ndarray]:
@@ -66,10 +67,10 @@ def crops_of(data: bytes, specs: list[CropSpec], mode: str, rng: np.random.Gener
         width, height = header.size
     boxes = [random_box(width, height, spec, rng) for spec in specs]
     smallest = min(min(b[2] - b[0], b[3] - b[1]) / spec.size for b, spec in zip(boxes, specs, strict=True))
-    img, scale = _open_for(data, mode, smallest)
+    img, sx, sy = _open_for(data, mode, smallest)
     out = []
     for (left, top, right, bottom), spec in zip(boxes, specs, strict=True):
-        box = (left * scale, top * scale, right * scale, bottom * scale)
+        box = (left * sx, top * sy, min(right * sx, img.width), min(bottom * sy, img.height))
         out.append(as_hwc(img.resize((spec.size, spec.size), Image.Resampling.BILINEAR, box=box)))
     return out
 

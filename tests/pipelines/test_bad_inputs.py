@@ -441,8 +441,11 @@ def test_crop_larger_than_the_images_fails_in_validate(tmp_path, run_cli, no_pre
 
     write_shards("fashion-mnist", tmp_path / "fm", limit=50)
     overrides = [f"data.shards={tmp_path / 'fm'}", "data.crop_size=64", "data.batch_size=8"]
-    message = "data.crop_size=64 is larger than the 28 px images; use at most 28"
-    with pytest.raises(ConfigError, match=message):
+    message = (
+        "data.crop_size=64 is larger than the shards' 28 px images; use at most 28, "
+        "or re-shard without --size so that each image keeps its own size"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
         validate(build_config({}, overrides))
     code, out, err = run_cli("pretrain", *[arg for o in overrides for arg in ("--set", o)])
     assert code == 2 and _one_error_line(err) == f"rayssl: error: {message}"

@@ -19,6 +19,7 @@ def test_colorization_on_real_photos_shards_pretrains_and_probes(ray_session, la
         [
             f"data.shards={shards}",
             "data.batch_size=32",
+            "data.crop_size=32",  # cropped from the photos at their own sizes
             "method.name=colorization",
             "method.backbone=tiny_cnn",
             "train.epochs=2",

@@ -17,7 +17,8 @@ def test_fashion_mnist_round_trip(tmp_path):
     assert manifest["image_size"] == [28, 28] and manifest["mode"] == "L" and len(manifest["classes"]) == 10
     assert result.skipped == []
     table = pq.read_table(tmp_path / "s" / "train")
-    assert table.column_names == ["image", "label", "id"]
+    assert table.column_names == ["image", "label", "id", "height", "width"]
+    assert set(table.column("height").to_pylist()) == set(table.column("width").to_pylist()) == {28}
     # the rows are a stratified sample in a mixed order (tests/pipelines/test_data_order.py); each is its original
     index = [int(i.rsplit("/", 1)[1]) for i in table.column("id").to_pylist()]
     images, labels = load_labeled(str(tmp_path / "s"), "train")

@@ -125,7 +125,7 @@ def test_probe_subsets_of_class_sorted_shards_written_elsewhere_still_hold_every
     for part, rows in enumerate(np.array_split(order, 2)):
         table = pa.table(
             {"image": [encode_png(images[i]) for i in rows], "label": labels[rows], "id": [f"row/{i}" for i in rows]},
-            schema=SCHEMA,
+            schema=pa.schema(list(SCHEMA)[:3]),  # no height and width columns: another tool's shards
         )
         pq.write_table(table, split / f"part-{part:05d}.parquet", row_group_size=256)
     sample = read_sample(str(tmp_path / "sorted"), "train", 200, labeled_only=True)

@@ -22,11 +22,14 @@ TINY_FEATURES = 16  # tiny_cnn's feature size: RankMe lies in [1, 16]
 
 
 def _config(shards, runs_dir, *extra: str):
+    # photos at their own sizes: 32 px views and probe crops (Fashion-MNIST keeps its 28 px)
+    photos = read_manifest(str(shards))["image_size"] is None
     return build_config(
         {},
         [
             f"data.shards={shards}",
             "data.batch_size=64",
+            *(["data.crop_size=32"] if photos else []),
             "method.backbone=tiny_cnn",
             "train.epochs=2",
             "train.timeout_s=400",
@@ -97,7 +100,8 @@ def test_no_labels_is_a_note_and_bad_probe_sets_fail_in_one_line(
     with pytest.raises(ConfigError, match=r"probe.shards=.*: holds 1-channel images, the pretraining shards 3-channel"):
         validate(_config(unlabeled_shards, tmp_path / "runs", f"probe.shards={fmnist_shards}"))
     small = write_shards(str(labeled_photos), tmp_path / "small", size=24).out_dir
-    with pytest.raises(ConfigError, match=r"probe.shards=.*: holds 24 px images, the pretraining shards 32 px; re-shard"):
+    message = r"probe.shards=.*: gives the encoder 24 px images, the pretraining shards 32 px; re-shard"
+    with pytest.raises(ConfigError, match=message):
         validate(_config(unlabeled_shards, tmp_path / "runs", f"probe.shards={small}"))
     with pytest.raises(DataError, match=r"nowhere/manifest.json: not found"):
         validate(_config(unlabeled_shards, tmp_path / "runs", f"probe.shards={tmp_path / 'nowhere'}"))
