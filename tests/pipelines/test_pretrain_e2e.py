@@ -77,7 +77,7 @@ def test_pretrain_probe_and_mlflow_server_record(ray_session, fmnist_shards, mlf
 def test_invalid_config_fails_before_ray(fmnist_shards, tmp_path):
     cfg = _tiny_config(fmnist_shards, tmp_path, "sqlite:///" + str(tmp_path / "m.db"))
     cfg.data.crop_size = 64
-    with pytest.raises(ConfigError, match=r"data\.crop_size=64 is larger than the 28 px images"):
+    with pytest.raises(ConfigError, match=r"data\.crop_size=64 is larger than the shards' 28 px images"):
         validate(cfg)
     cfg.data.crop_size = None
     cfg.data.shards = str(tmp_path / "missing")
