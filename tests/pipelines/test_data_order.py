@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
+import ray.data
 
 from pipelines.cli import main
 from pipelines.config import build_config
@@ -152,10 +154,17 @@ def test_a_one_file_split_is_mixed_anew_every_epoch(ray_session, fmnist_class_tr
     manifest = read_manifest(str(shards))
     assert len(manifest["splits"]["train"]["shards"]) == 1
     by_buffer = {}
-    for buffer in (0, 128):
-        cfg = build_config({}, [f"data.shards={shards}", "data.augment_on=device", f"data.shuffle_buffer={buffer}"])
-        dataset = build_pretrain_dataset(cfg, manifest, with_labels=True)
-        by_buffer[buffer] = [_epoch_fingerprints(dataset, cfg, epoch) for epoch in range(2)]
+    # Ray Data may hand blocks of concurrent tasks over in either order (a busy machine did, once in a suite
+    # run); kept in order here, so that only the buffer can change the batches
+    options = ray.data.DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        for buffer in (0, 128):
+            cfg = build_config({}, [f"data.shards={shards}", "data.augment_on=device", f"data.shuffle_buffer={buffer}"])
+            dataset = build_pretrain_dataset(cfg, manifest, with_labels=True)
+            by_buffer[buffer] = [_epoch_fingerprints(dataset, cfg, epoch) for epoch in range(2)]
+    finally:
+        options.preserve_order = before
     unshuffled, shuffled = by_buffer[0], by_buffer[128]
     assert [b for b, _ in unshuffled[0]] == [b for b, _ in unshuffled[1]]  # without the buffer: one fixed order
     first, second = ({b for b, _ in epoch} for epoch in shuffled)
