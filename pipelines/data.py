@@ -134,14 +134,6 @@ def encode_image_file(data: bytes, mode: str, size: int | None = None, max_size:
     return EncodedImage(buf.getvalue(), img.height, img.width, kind)
 
 
-def load_image(path: Path, mode: str, size: int | None) -> Image.Image:
-    """Open, fully decode and convert one image file (``size``: a resized, centre-cropped square).
-
-    Raises ``ValueError`` with a reason when it cannot."""
-    encoded = encode_image_file(path.read_bytes(), mode, size, max_size=0)
-    return Image.open(io.BytesIO(encoded.data))
-
-
 def _read_pil(step):
     """Run one PIL step; PIL raises many exception types for broken files, all become one ``ValueError`` reason."""
     try:

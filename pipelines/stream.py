@@ -87,9 +87,10 @@ def build_pretrain_dataset(cfg: Config, manifest: dict, with_labels: bool = Fals
     if cfg.data.max_train_images:
         ds = ds.limit(cfg.data.max_train_images)
     policy = view_policy(cfg, manifest)
-    crops = policy.crop_specs() if manifest["image_size"] is None else None
+    specs = policy.crop_specs()
+    crops = specs if manifest["image_size"] is None else None  # photos of their own sizes: cropped as decoded
     stage = ViewsFromShards(policy if cfg.data.augment_on == "cpu" else None, crops, manifest["mode"])
-    return ds.map_batches(stage, batch_size=rows_per_views_task(policy.crop_specs(), manifest["channels"]))
+    return ds.map_batches(stage, batch_size=rows_per_views_task(specs, manifest["channels"]))
 
 
 # A task's views in float32 before they are rounded to uint8; at 224 px 256 rows would take ~300 MiB.
