@@ -97,9 +97,11 @@ def rayssl_pairs_per_s(shards: str, seconds: float) -> float:
     cfg = build_config({}, [f"data.shards={shards}", "data.crop_size=224", "data.augment.blur_sigma=[0.1,2.0]"])
     manifest = read_manifest(shards)
 
+    dataset = build_pretrain_dataset(cfg, manifest)  # once, iterated every epoch, as the trainer does
+
     def batches():
         while True:
-            for batch in build_pretrain_dataset(cfg, manifest).iter_batches(batch_size=64, batch_format="numpy"):
+            for batch in dataset.iter_batches(batch_size=64, batch_format="numpy"):
                 yield len(batch["view_0"])
 
     return _pairs_per_s(batches(), seconds)

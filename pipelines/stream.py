@@ -42,6 +42,15 @@ class ViewsFromShards:
 # Ray instance): 128 MiB 11.7%, 2 MiB 8.1%, 1 MiB 6.6% (~670 Fashion-MNIST view pairs).
 # Small blocks also let Ray Data's backpressure work in smaller steps.
 VIEW_BLOCK_BYTES = 1024**2
+# ...but a block holds at least this many rows' views: 224 px view pairs take 300 kB a row, and blocks of 3
+# rows left the stream moving blocks, not views. Photos at 224 px, 2 cores, nothing but the copy in the
+# task: 118 view pairs/s with 1 MiB blocks, 180 with 16 MiB (benchmarks/ingest_photos.py measures it whole).
+VIEW_BLOCK_ROWS = 32
+
+
+def view_block_bytes(specs: list[CropSpec], channels: int) -> int:
+    """Target bytes of a block of views: VIEW_BLOCK_BYTES, or VIEW_BLOCK_ROWS rows of uint8 views if more."""
+    return max(VIEW_BLOCK_BYTES, VIEW_BLOCK_ROWS * channels * sum(spec.size**2 for spec in specs))
 
 
 @contextlib.contextmanager
@@ -61,15 +70,16 @@ def data_context(**settings):
             setattr(context, name, value)
 
 
-def read_train_shards(cfg: Config) -> ray.data.Dataset:
+def read_train_shards(cfg: Config, block_bytes: int = VIEW_BLOCK_BYTES) -> ray.data.Dataset:
     """The train split's Parquet shards, files in a new order every epoch, read by Ray Data's V1 Parquet reader.
 
     Ray 2.60's default (V2) reader lists the files and reads their footers on a pool of new
     actor processes at the start of every epoch; on 2 cores that halved pretraining speed
     (``benchmarks/end_to_end.py``: 274 against 409 images/s with V1). V1 reads the footers
-    once, here, and each epoch only runs the read tasks.
+    once, here, and each epoch only runs the read tasks. ``block_bytes`` sizes the blocks of this dataset and
+    of the stages after it (the views).
     """
-    with data_context(use_datasource_v2=False, target_max_block_size=VIEW_BLOCK_BYTES):
+    with data_context(use_datasource_v2=False, target_max_block_size=block_bytes):
         return ray.data.read_parquet(split_uri(cfg.data.shards, "train"), shuffle="files")
 
 
@@ -82,12 +92,13 @@ def build_pretrain_dataset(cfg: Config, manifest: dict, with_labels: bool = Fals
     """
     # One progress line per epoch from the trainer is enough; Ray Data's bars flood a terminal log.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    # every row, labeled or not; id names a bad one
-    ds = read_train_shards(cfg).select_columns(["image", "id", *(["label"] if with_labels else [])])
-    if cfg.data.max_train_images:
-        ds = ds.limit(cfg.data.max_train_images)
     policy = view_policy(cfg, manifest)
     specs = policy.crop_specs()
+    # every row, labeled or not; id names a bad one
+    ds = read_train_shards(cfg, view_block_bytes(specs, manifest["channels"]))
+    ds = ds.select_columns(["image", "id", *(["label"] if with_labels else [])])
+    if cfg.data.max_train_images:
+        ds = ds.limit(cfg.data.max_train_images)
     crops = specs if manifest["image_size"] is None else None  # photos of their own sizes: cropped as decoded
     stage = ViewsFromShards(policy if cfg.data.augment_on == "cpu" else None, crops, manifest["mode"])
     return ds.map_batches(stage, batch_size=rows_per_views_task(specs, manifest["channels"]))
