@@ -187,3 +187,23 @@ def test_photo_shards_pretrain_resnet18_at_64_px_and_probe(ray_session, jpeg_pho
     losses = [v for _, v in tracking.metric_history(uri, result.run_id, "train/loss")]
     assert len(losses) == 1 and np.isfinite(losses[0]) and losses[0] > 0
     assert {"probe/linear_top1", "probe/knn_top1", "probe/rankme"} <= set(run.data.metrics)  # probed on 64 px centre crops
+
+
+def test_an_s3_source_folder_shards_as_the_same_folder_on_disk(ray_session, s3, jpeg_photos, tmp_path):
+    """``rayssl shard s3://bucket/prefix``: listed on the driver, read by one process or by Ray tasks; the same
+    rows, labels, ids and splits as the folder on disk."""
+    import pyarrow.fs as pafs
+
+    source = f"{s3}/photo-source"
+    fs, base = pafs.FileSystem.from_uri(source)
+    for path in sorted(jpeg_photos.rglob("*.jpg")):
+        with fs.open_output_stream(f"{base}/{path.relative_to(jpeg_photos).as_posix()}") as out:
+            out.write(path.read_bytes())
+    local = write_shards(str(jpeg_photos), tmp_path / "local", rows_per_shard=8, max_size=256, parallel=False)
+    serial = write_shards(source, tmp_path / "serial", rows_per_shard=8, max_size=256, parallel=False)
+    tasks = write_shards(source, tmp_path / "tasks", rows_per_shard=8, max_size=256, parallel=True)
+    for result in (serial, tasks):
+        assert result.manifest["splits"] == local.manifest["splits"]
+        assert result.manifest["classes"] == local.manifest["classes"] == sorted(p.split(".")[0] for p in PHOTOS)
+        for split in ("train", "test"):
+            assert pq.read_table(Path(result.out_dir) / split).equals(pq.read_table(tmp_path / "local" / split))
