@@ -94,7 +94,7 @@ def rayssl_pairs_per_s(shards: str, seconds: float) -> float:
     from pipelines.data import read_manifest
     from pipelines.stream import build_pretrain_dataset
 
-    cfg = build_config({}, [f"data.shards={shards}", "data.crop_size=224", "data.augment.blur_sigma=[0.1,2.0]"])
+    cfg = build_config({}, [f"data.shards={shards}", "data.crop_size=224"])  # blur sigma 0.1-2.0 at 224 px
     manifest = read_manifest(shards)
 
     dataset = build_pretrain_dataset(cfg, manifest)  # once, iterated every epoch, as the trainer does

@@ -60,7 +60,17 @@ def view_policy(cfg: Config, manifest: dict, method=None):
     # A worker passes the method it already built rather than building a second one.
     method = method if method is not None else build_method(with_recipe(cfg)[0], manifest)
     # what the method's paper fixes per view wins over data.augment (validate() says so)
-    return method.make_views(view_size(cfg, manifest), **cfg.data.augment.model_dump())
+    size = view_size(cfg, manifest)
+    augment = cfg.data.augment.model_dump()
+    augment["blur_sigma"] = augment["blur_sigma"] or blur_sigma_for(size)
+    return method.make_views(size, **augment)
+
+
+def blur_sigma_for(size: int) -> tuple[float, float]:
+    """The default blur sigma range for views of ``size`` px: SimCLR's (0.1, 2.0) at 224 px (arXiv:2002.05709,
+    appendix A: a kernel 10% of the image side), scaled with the size, and at least (0.1, 1.0), which blurs a
+    28-32 px view about as much relative to its size."""
+    return (0.1, max(1.0, 2.0 * size / 224))
 
 
 def build_method_optimizer(cfg: Config, method) -> torch.optim.Optimizer:

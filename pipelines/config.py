@@ -28,7 +28,9 @@ class AugmentConfig(_Strict):
     jitter_p: float = Field(0.8, ge=0, le=1)  # probability of applying colour jitter
     grayscale_p: float = Field(0.2, ge=0, le=1)  # RGB only
     blur_p: float = Field(0.5, ge=0, le=1)  # Gaussian blur probability
-    blur_sigma: tuple[float, float] = (0.1, 1.0)  # blur sigma range in view pixels
+    # blur sigma range in view pixels; None: (0.1, 1.0) up to 112 px views, then SimCLR's (0.1, 2.0) at 224 px
+    # scaled with the view size (build.blur_sigma_for)
+    blur_sigma: tuple[float, float] | None = None
 
     @field_validator("crop_scale")
     @classmethod

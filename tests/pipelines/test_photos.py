@@ -207,3 +207,18 @@ def test_an_s3_source_folder_shards_as_the_same_folder_on_disk(ray_session, s3, 
         assert result.manifest["classes"] == local.manifest["classes"] == sorted(p.split(".")[0] for p in PHOTOS)
         for split in ("train", "test"):
             assert pq.read_table(Path(result.out_dir) / split).equals(pq.read_table(tmp_path / "local" / split))
+
+
+def test_blur_sigma_defaults_to_simclrs_at_224_px_and_stays_for_small_views(jpeg_photos, tmp_path):
+    """No ``data.augment.blur_sigma``: SimCLR's 0.1-2.0 px at 224 px views, scaled with the size, 0.1-1.0 at 28-112 px."""
+    from pipelines.build import view_policy
+    from pipelines.config import build_config
+
+    manifest = write_shards(str(jpeg_photos), tmp_path / "s", max_size=256, parallel=False).manifest
+    sigma = {}
+    for crop in (32, 112, 224):
+        cfg = build_config({}, [f"data.shards={tmp_path / 's'}", f"data.crop_size={crop}"])
+        sigma[crop] = view_policy(cfg, manifest).blur_sigma
+    cfg = build_config({}, [f"data.shards={tmp_path / 's'}", "data.crop_size=224", "data.augment.blur_sigma=[0.2,0.5]"])
+    assert sigma == {32: (0.1, 1.0), 112: (0.1, 1.0), 224: (0.1, 2.0)}
+    assert view_policy(cfg, manifest).blur_sigma == (0.2, 0.5)
