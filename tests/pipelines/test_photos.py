@@ -136,7 +136,7 @@ def test_blocks_of_large_views_hold_many_rows_and_small_ones_stay_small():
     assert view_block_bytes([CropSpec(28, (0.2, 1.0))] * 2, channels=1) == VIEW_BLOCK_BYTES == 1024**2
     assert view_block_bytes([CropSpec(224, (0.2, 1.0))] * 2, channels=3) == VIEW_BLOCK_ROWS * 2 * 3 * 224**2
     multi_crop = [CropSpec(224, (0.4, 1.0))] * 2 + [CropSpec(96, (0.05, 0.4))] * 6
-    assert view_block_bytes(multi_crop, channels=3) == 32 * 3 * (2 * 224**2 + 6 * 96**2)
+    assert view_block_bytes(multi_crop, channels=3) == VIEW_BLOCK_ROWS * 3 * (2 * 224**2 + 6 * 96**2)
 
 
 def test_probes_see_a_resize_to_8_7_of_the_crop_and_a_centre_crop(jpeg_photos, tmp_path):
