@@ -104,13 +104,16 @@ def cmd_probe(args) -> int:
 
 
 def cmd_recipe(args) -> int:
-    """Print a method's recipe: what a config that sets nothing else trains with, and the paper it follows."""
+    """Print a method's recipe and what a run will use: with ``--config``, that config's run of the method."""
     from dataclasses import fields
 
-    from pipelines.config import build_config, with_recipe
+    from pipelines.config import load_config, with_recipe
     from ssl_models.recipes import MAX_WARMUP_SHARE, method_recipe
 
-    cfg, taken = with_recipe(build_config({}, [f"method.name={args.name}", f"train.epochs={args.epochs}"]))
+    overrides = [f"method.name={args.name}", *(args.set or [])]
+    if args.epochs is not None or args.config is None:
+        overrides.append(f"train.epochs={args.epochs or 10}")
+    cfg, taken = with_recipe(load_config(args.config, overrides))
     recipe = method_recipe(cfg.method.name)
     flat = cfg.flat()
     print(f"{args.name}: {recipe.paper}")
@@ -118,9 +121,17 @@ def cmd_recipe(args) -> int:
         if f.name not in ("paper", "notes"):
             print(f"  {f.name:15} {getattr(recipe, f.name)}")
     print(f"  {'max warm-up':15} {MAX_WARMUP_SHARE:.0%} of the run")
-    print(f"resolved for {args.epochs} epochs on CPUs (set any of these with --set to override):")
+    where = "GPUs" if cfg.train.use_gpu else "CPUs"
+    print(f"resolved for {cfg.train.epochs} epochs on {where} (set any of these with --set to override):")
     for key in taken:
         print(f"  {key} = {flat.get(key, cfg.method.kwargs.get(key.rsplit('.', 1)[-1]))}")
+    if args.config:
+        d = cfg.data
+        print(f"from {args.config}:")
+        print(f"  data.batch_size = {d.batch_size} (lr x {d.batch_size / 256:g}: {cfg.optim.lr * d.batch_size / 256:g})")
+        print(f"  data.crop_size = {d.crop_size}  method.backbone = {cfg.method.backbone}")
+        print(f"  train.num_workers = {cfg.train.num_workers}  train.use_gpu = {cfg.train.use_gpu}")
+        print(f"  data.augment = {d.augment.model_dump()}")
     print(f"notes: {recipe.notes}")
     return 0
 

@@ -94,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recipe", help="a method's training recipe (from its paper) and what it resolves to")
     p.add_argument("name", help="a registered method name")
-    p.add_argument("--epochs", type=int, default=10, help="run length the warm-up is resolved for")
+    p.add_argument("--config", default=None, help="YAML config: show what a run of this method with it will use")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. train.use_gpu=true")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="run length the warm-up is resolved for (default: the config's, or 10)"
+    )
 
     p = sub.add_parser("compare", help="table and plots over every run of an MLflow experiment")
     p.add_argument(
