@@ -104,6 +104,11 @@ class TrainConfig(_Strict):
     seed: int = 0
     max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint
     timeout_s: float | None = Field(None, gt=0)  # abort the run if fit() takes longer
+    # An hour-long epoch needs points in between: rank 0's mean loss since the last point and the lr, every this
+    # many optimizer steps, as `train/loss_step` and `train/lr_step` at MLflow step = optimizer steps done (the
+    # per-epoch `train/loss` is at step = epoch). None: about 20 points per epoch (steps per epoch // 20); 0 = off.
+    log_every_steps: int | None = Field(None, ge=0)
+    progress_every_s: float = Field(60, ge=0)  # rank 0 prints progress and ETAs at most this often in an epoch; 0 = off
 
 
 class FaultConfig(_Strict):

@@ -13,7 +13,7 @@ def unrecorded(rows: list[dict], recorded: set[tuple[str, int]]) -> list[dict]:
 
 
 class MetricBuffer:
-    """Per-epoch metrics from a training worker that never block training on the tracking server.
+    """Per-epoch (and per-step) metrics from a training worker that never block training on the tracking server.
 
     When the server does not answer, the metrics stay here (and travel in each checkpoint via
     ``pending``) and are sent with the next epoch's metrics, or by the driver at the end.

@@ -1,7 +1,12 @@
 """One Ray Train worker: build the method, continue its checkpoint, then ``train_epoch`` per epoch.
 
 Each epoch ends in one report to Ray Train with rank 0's checkpoint, the per-epoch probes and
-one MLflow row of metrics (buffered while the tracking server is away).
+one MLflow row of metrics (buffered while the tracking server is away), at MLflow step = epoch.
+
+Within an epoch, rank 0 logs ``train/loss_step`` (its mean loss since the last point) and
+``train/lr_step`` every ``train.log_every_steps`` optimizer steps, at MLflow step = optimizer steps
+done in the run: another axis than the per-epoch ``train/loss``, hence another name (Lightning's
+``_step`` suffix). It prints a progress line (images/s, ETAs) at most every ``train.progress_every_s``.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +58,7 @@ class Worker:
     total_steps: int
     warmup: int
     base_lr: float
+    step_log: StepLog  # rank 0's points and progress lines within an epoch
 
 
 def to_channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,6 +97,88 @@ def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str, first_epo
             say(f"warning: could not tag worker nodes ({type(err).__name__})")
 
 
+STEP_LOSS = "train/loss_step"  # rank 0's mean loss since the last point; MLflow step = optimizer steps done
+STEP_LR = "train/lr_step"  # the learning rate of the last of those steps
+
+
+def log_every_steps(configured: int | None, steps_per_epoch: int) -> int:
+    """Steps between points: ``train.log_every_steps``, or about 20 points per epoch when it is None (0 = off)."""
+    return max(1, steps_per_epoch // 20) if configured is None else configured
+
+
+def _duration(seconds: float) -> str:
+    """``2d03h``, ``1h02m`` or ``4m05s``: the two largest units, enough for an ETA."""
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class StepLog:
+    """Rank 0's view inside an epoch: a point every ``every`` steps and a progress line now and then.
+
+    A point is ``{STEP_LOSS: mean loss since the last point, STEP_LR: lr}`` at MLflow step = optimizer
+    steps done in the run, sent through ``log`` (``MetricBuffer.log``). The loss stays on the device
+    and is read once per point, never once per step. The progress line comes at most every
+    ``progress_every_s`` seconds of an epoch (timed from its start), so epochs shorter than that
+    stay quiet. ``log=None`` (ranks other than 0): neither points nor lines.
+    """
+
+    def __init__(
+        self,
+        log: Callable[..., object] | None,
+        *,
+        every: int,
+        progress_every_s: float,
+        epochs: int,
+        steps_per_epoch: int,
+        last_step: int,  # where this run of the loop ends (a PBT segment ends before train.epochs)
+        images_per_step: int,  # all workers
+        clock: Callable[[], float] = time.monotonic,
+        say: Callable[[str], None] = say,
+    ):
+        self.log, self.clock, self.say = log, clock, say
+        self.every = every if log is not None else 0
+        self.progress_every_s = progress_every_s if log is not None else 0
+        self.epochs, self.steps_per_epoch, self.last_step = epochs, steps_per_epoch, last_step
+        self.images_per_step = images_per_step
+        self.loss_sum, self.losses = None, 0  # since the last point; the sum is a device tensor
+        self.epoch = self.first_step = 0
+        self.started = self.printed = clock()
+
+    def start_epoch(self, epoch: int, step: int) -> None:
+        """Epoch ``epoch`` (from 0) begins after ``step`` optimizer steps."""
+        self.epoch, self.first_step = epoch, step
+        self.started = self.printed = self.clock()
+
+    def after_step(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        """``step`` optimizer steps are done; ``loss`` is the last one's (rank 0's), still on the device."""
+        if self.every:
+            loss = loss.detach().to(torch.float64)
+            self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+            self.losses += 1
+            if step % self.every == 0:
+                self.log({STEP_LOSS: self.loss_sum.item() / self.losses, STEP_LR: lr}, step=step)
+                self.loss_sum, self.losses = None, 0
+        if self.progress_every_s:  # a clock read per step, no device sync
+            now = self.clock()
+            if now - self.printed >= self.progress_every_s:
+                self.printed = now
+                self.say(self.progress_line(step, now - self.started))
+
+    def progress_line(self, step: int, seconds: float) -> str:
+        """``epoch 3/90  step 1200/5004  412 images/s  ETA 1h02m (epoch), 2d03h (run)``."""
+        done = step - self.first_step
+        per_step = seconds / max(done, 1)
+        epoch_left = (self.steps_per_epoch - done) * per_step
+        run_left = (self.last_step - step) * per_step
+        return (
+            f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps_per_epoch}  "
+            f"{self.images_per_step * done / seconds:.0f} images/s  "
+            f"ETA {_duration(epoch_left)} (epoch), {_duration(run_left)} (run)"
+        )
+
+
 def train_epoch(w: Worker, shard, epoch: int, step: int) -> tuple[dict[str, float], int]:
     """One pass over this worker's shard; returns the epoch's metrics (all workers) and the next step.
 
@@ -103,6 +192,7 @@ def train_epoch(w: Worker, shard, epoch: int, step: int) -> tuple[dict[str, floa
     batches, images = 0, 0
     lr = w.base_lr
     t0 = ready = time.perf_counter()
+    w.step_log.start_epoch(epoch, step)
     waited = 0.0  # seconds this worker sat waiting for its next batch: data starvation
     for batch in train_batches(shard, w.cfg, w.per_worker, epoch, w.rank, w.device):
         waited += time.perf_counter() - ready
@@ -124,6 +214,7 @@ def train_epoch(w: Worker, shard, epoch: int, step: int) -> tuple[dict[str, floa
         w.optimizer.step()
         w.inner.on_step_end(step, w.total_steps)
         step += 1
+        w.step_log.after_step(step, loss, lr)
         batches += 1
         images += w.per_worker
         loss_sum += loss.detach()
@@ -195,6 +286,9 @@ def _train_loop(loop_config: dict) -> None:
     per_worker = cfg.data.batch_size // world
     steps_per_epoch = max(1, train_images(cfg, manifest) // world // per_worker)
     total_steps = cfg.train.epochs * steps_per_epoch
+    # The lr schedule always spans train.epochs; a PBT segment stops early at stop_epoch.
+    end_epoch = loop_config.get("stop_epoch") or cfg.train.epochs
+    buffer = MetricBuffer(uri, run_id, pending) if rank == 0 else None
     w = Worker(
         cfg=cfg,
         # DDP wraps the compiled module; `inner` stays the plain one, for state_dict keys, EMA and probes.
@@ -210,6 +304,15 @@ def _train_loop(loop_config: dict) -> None:
         total_steps=total_steps,
         warmup=warmup_steps(cfg.optim.warmup_epochs, steps_per_epoch, total_steps, MAX_WARMUP_SHARE),
         base_lr=cfg.optim.lr * cfg.data.batch_size / 256,  # linear scaling rule
+        step_log=StepLog(
+            buffer.log if rank == 0 else None,
+            every=log_every_steps(cfg.train.log_every_steps, steps_per_epoch),
+            progress_every_s=cfg.train.progress_every_s,
+            epochs=cfg.train.epochs,
+            steps_per_epoch=steps_per_epoch,
+            last_step=end_epoch * steps_per_epoch,
+            images_per_step=per_worker * world,
+        ),
     )
     shard = ray.train.get_dataset_shard("train")
 
@@ -219,11 +322,9 @@ def _train_loop(loop_config: dict) -> None:
         epoch_probes["probe/epoch_knn_top1"] = EpochKNN(cfg)
     if rank == 0 and cfg.probe.rankme_images:
         epoch_probes["probe/epoch_rankme"] = EpochRankMe(cfg)
-    buffer = MetricBuffer(uri, run_id, pending) if rank == 0 else None
     _record_worker_nodes(rank, world, uri, run_id, start_epoch + 1)
     step = start_epoch * steps_per_epoch
-    # The lr schedule always spans train.epochs; a PBT segment stops early at stop_epoch.
-    for epoch in range(start_epoch, loop_config.get("stop_epoch") or cfg.train.epochs):
+    for epoch in range(start_epoch, end_epoch):
         metrics, step = train_epoch(w, shard, epoch, step)
         for name, epoch_probe in epoch_probes.items():
             metrics[name] = epoch_probe(method.encoder, device)
