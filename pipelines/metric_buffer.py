@@ -29,6 +29,7 @@ class MetricBuffer:
         self.uri, self.run_id = uri, run_id
         self.pending: list[dict] = list(pending or [])
         self.recorded: set[tuple[str, int]] | None = None  # read from the server on first contact
+        self.away = False  # the last send failed: step points wait for the next epoch's send
         # Fail fast inside workers (MLflow otherwise retries for minutes); the driver keeps the defaults.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
@@ -47,6 +48,15 @@ class MetricBuffer:
                 f"{len(self.pending)} buffered, sent when it answers again",
                 flush=True,
             )
+            self.away = True
             return False
-        self.pending = []
+        self.pending, self.away = [], False
         return True
+
+    def log_step(self, metrics: dict[str, float], step: int) -> bool:
+        """``log`` for the points inside an epoch; while the server is away they only queue, so a hung
+        server costs one timeout and one warning per epoch (the epoch's ``log``), not one per point."""
+        if self.away:
+            self.pending += tracking.metric_rows(metrics, step)
+            return False
+        return self.log(metrics, step)

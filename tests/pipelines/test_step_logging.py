@@ -10,8 +10,8 @@ import torch
 
 from pipelines import tracking
 from pipelines.config import build_config
+from pipelines.step_log import StepLog, _duration, log_every_steps
 from pipelines.train import pretrain
-from pipelines.worker import StepLog, _duration, log_every_steps
 from ssl_models.recipes import MAX_WARMUP_SHARE
 from ssl_models.schedules import learning_rate, warmup_steps
 from tests.conftest import TINY_RUN

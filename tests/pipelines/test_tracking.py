@@ -43,9 +43,13 @@ def test_metric_buffer_keeps_what_the_server_did_not_take(tmp_path, monkeypatch)
     buffer = MetricBuffer("http://127.0.0.1:9", run_id)  # nothing listens there
     assert buffer.log({"train/loss": 2.5}, step=1) is False
     assert [(r["key"], r["value"], r["step"]) for r in buffer.pending] == [("train/loss", 2.5, 1)]
-    buffer.uri = uri  # the server is back
+    buffer.uri = uri  # the server is back, but step points only queue until the next epoch's send
+    assert buffer.log_step({"train/loss_step": 2.4}, step=30) is False and len(buffer.pending) == 2
     assert buffer.log({"train/loss": 2.0}, step=2) is True and buffer.pending == []
     assert tracking.metric_history(uri, run_id, "train/loss") == [(1, 2.5), (2, 2.0)]
+    assert tracking.metric_history(uri, run_id, "train/loss_step") == [(30, 2.4)]
+    assert buffer.log_step({"train/loss_step": 2.2}, step=60) is True  # reachable again: sent at once
+    assert tracking.metric_history(uri, run_id, "train/loss_step") == [(30, 2.4), (60, 2.2)]
 
     # A restart from the epoch-1 checkpoint after epoch 2 was logged: epoch 2 runs again and
     # its checkpoint still carried epoch 1's row as pending; each (key, step) stays recorded once.
