@@ -118,6 +118,33 @@ def repo_path(config: str) -> Path:
     return ROOT / (config.removeprefix(workdir) if config.startswith(workdir) else config)
 
 
+def documented_runs(source: str) -> list[tuple[argparse.Namespace, object]]:
+    """Each pretrain/tune command of ``source`` with the config it resolves to (its file plus its overrides)."""
+    runs = []
+    for argv in documented_argvs()[source]:
+        if argv[0] in ("pretrain", "tune"):
+            args = parse_rayssl(argv)
+            overrides = list(args.set or []) + ([f"tracking.tracking_uri={args.tracking_uri}"] if args.tracking_uri else [])
+            runs.append((args, load_config(repo_path(args.config), overrides)))
+    return runs
+
+
+def guide_cluster_jobs() -> list[list[str]]:
+    """The guide's rayssl commands that `ray job submit` runs on the cluster (the rest run where they are typed)."""
+    return rayssl_argvs([line for line in cluster_guide_code_lines() if line.startswith("ray job submit ")])
+
+
+def guide_bucket() -> str:
+    (bucket,) = set(S3_URI.findall(cluster_guide()))
+    return bucket
+
+
+def changed_fields(args: argparse.Namespace, cfg) -> set[str]:
+    """The config fields a documented run sets to something other than its config file's value."""
+    base = load_config(repo_path(args.config)).flat()
+    return {key for key, value in cfg.flat().items() if base[key] != value}
+
+
 def ray_pin() -> str:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     return next(re.match(r"ray\[[^\]]*\]==(\S+)", d).group(1) for d in deps if d.startswith("ray["))
@@ -309,6 +336,112 @@ def test_one_bucket_everywhere():
     texts = [CLUSTER_YAML.read_text(), RAYJOB_YAML.read_text(), cluster_guide()]
     buckets = {b for text in texts for b in S3_URI.findall(text)}
     assert len(buckets) == 1, buckets
+
+
+# ---------------------------------------------------------------- the guide's workload: ImageNet on the cluster
+
+IMAGENET_CONFIG = "configs/imagenet_resnet50.yaml"
+IMAGENET100_CONFIG = "configs/imagenet100_resnet18.yaml"
+IMAGENET_TRAIN_PHOTOS = 1_281_167  # ILSVRC-2012's train split
+PATH_FIELDS = {"data.shards", "tracking.runs_dir", "tracking.storage_path", "tracking.run_name", "tracking.tracking_uri"}
+
+
+def test_the_guide_shards_an_imagenet_style_s3_folder_with_ray_tasks_on_the_cluster():
+    guide = cluster_guide()
+    bucket = guide_bucket()
+    for split in ("train", "val"):
+        assert f"s3://{bucket}/imagenet/{split}/<wnid>/*.JPEG" in guide
+    shards = [parse_rayssl(a) for a in guide_cluster_jobs() if a[0] == "shard"]
+    (imagenet,) = [a for a in shards if a.source == f"s3://{bucket}/imagenet"]
+    assert imagenet.out == f"s3://{bucket}/shards/imagenet"
+    # Ray tasks (not --serial), each photo at its own size with the shorter side capped at 512 px.
+    assert not imagenet.serial and imagenet.size is None and imagenet.max_size == 512
+    assert not imagenet.strict  # bad files are skipped and counted, not fatal
+
+
+def test_every_guide_run_trains_on_shards_the_guide_writes():
+    written = {parse_rayssl(a).out for a in documented_argvs()["docs/cluster.md"] if a[0] == "shard"}
+    for args, cfg in documented_runs("docs/cluster.md"):
+        assert cfg.data.shards in written, (args.config, cfg.data.shards)
+
+
+def test_the_guide_pretrains_resnet50_at_224_px_with_the_imagenet_config_on_cluster_yamls_gpus():
+    bucket = guide_bucket()
+    runs = [(a, c) for a, c in documented_runs("docs/cluster.md") if a.command == "pretrain"]
+    (r50,) = [(a, c) for a, c in runs if a.config == IMAGENET_CONFIG]
+    args, cfg = r50
+    assert cfg.data.shards == f"s3://{bucket}/shards/imagenet"
+    assert (cfg.data.crop_size, cfg.method.backbone, cfg.train.use_gpu) == (224, "resnet50", True)
+    # cluster.yaml's 4 single-A10G nodes instead of the config's 8 GPUs: half the batch, the same 128 a worker.
+    assert (cfg.train.num_workers, cfg.data.batch_size) == (4, 512)
+    base = load_config(repo_path(args.config))
+    assert (base.train.num_workers, base.data.batch_size) == (8, 1024)
+    assert changed_fields(args, cfg) <= PATH_FIELDS | {"train.num_workers", "data.batch_size"}
+
+    # The cheaper first run on the cluster: ImageNet-100 with its config as it is.
+    (in100,) = [parse_rayssl(a) for a in guide_cluster_jobs() if a[:3] == ["pretrain", "--config", IMAGENET100_CONFIG]]
+    args, cfg = next((a, c) for a, c in runs if a == in100)
+    assert (cfg.data.crop_size, cfg.method.backbone) == (224, "resnet18")
+    assert cfg.data.shards == f"s3://{bucket}/shards/imagenet100"
+    assert changed_fields(args, cfg) <= PATH_FIELDS
+
+
+@pytest.mark.parametrize("source", ["cluster.yaml", "docs/cluster.md", "rayjob.yaml"])
+def test_every_documented_run_splits_its_batch_evenly_and_fits_the_gpus_it_is_given(source):
+    """Each worker gets a whole share of the batch and never fewer photos than its config gives one; a run asks
+    for no more GPU workers (and CPUs a worker) than cluster.yaml's and the RayJob's GPU nodes offer."""
+    config = load_yaml(CLUSTER_YAML)
+    (gpu,) = [t for t in config["available_node_types"].values() if t["resources"].get("GPU", 0) >= 1]
+    cluster_gpus = gpu["max_workers"] * gpu["resources"]["GPU"]
+    (group,) = load_yaml(RAYJOB_YAML)["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    rayjob_gpus = group["maxReplicas"] * int(limits["nvidia.com/gpu"])
+    gpus, cpus = (rayjob_gpus, int(limits["cpu"])) if source == "rayjob.yaml" else (cluster_gpus, gpu["resources"]["CPU"])
+
+    for args, cfg in documented_runs(source):
+        base = load_config(repo_path(args.config))
+        workers, batch = cfg.train.num_workers, cfg.data.batch_size
+        assert batch % workers == 0, (source, args.config, batch, workers)
+        assert batch // workers >= base.data.batch_size // base.train.num_workers, (source, args.config)
+        assert workers <= gpus and cfg.train.cpus_per_worker < cpus, (source, args.config)
+        if args.command == "tune":
+            assert workers == 1 and args.space == "augment"  # one GPU a trial: 4 trials at once on 4 GPUs
+
+
+def test_the_rayjob_and_cluster_yaml_run_what_the_guide_runs():
+    """The same resolved configs (local paths aside), spaces and names: the guide describes what they run."""
+
+    def key(args, cfg):
+        flat = {k: v for k, v in cfg.flat().items() if k != "tracking.runs_dir"}
+        return (
+            args.command,
+            args.space if args.command == "tune" else None,
+            args.name if args.command == "tune" else None,
+            json.dumps(flat, sort_keys=True),
+        )
+
+    guide = {key(a, c) for a, c in documented_runs("docs/cluster.md")}
+    for source in ("cluster.yaml", "rayjob.yaml"):
+        for args, cfg in documented_runs(source):
+            assert key(args, cfg) in guide, f"{source}: {args.command} {args.config} is not a run of docs/cluster.md"
+    guide_shards = [a for a in documented_argvs()["docs/cluster.md"] if a[0] == "shard"]
+    assert all(a in guide_shards for a in documented_argvs()["cluster.yaml"] if a[0] == "shard")
+
+
+def test_the_guides_epoch_arithmetic_is_right():
+    guide = " ".join(cluster_guide().split())
+    assert f"{IMAGENET_TRAIN_PHOTOS:,}" in guide
+    rows = re.findall(r"(\d+) min at ([\d,]+)", guide)
+    assert len(rows) >= 3
+    for minutes, rate in rows:
+        assert int(minutes) == round(IMAGENET_TRAIN_PHOTOS / int(rate.replace(",", "")) / 60), (minutes, rate)
+    epochs = load_config(repo_path(IMAGENET_CONFIG)).train.epochs
+    hours = re.search(rf"{epochs} epochs take {epochs} times that: (\d+) h, (\d+) h or (\d+) h", guide).groups()
+    for h, (_, rate) in zip(hours, rows, strict=True):
+        assert int(h) == round(epochs * IMAGENET_TRAIN_PHOTOS / int(rate.replace(",", "")) / 3600), (h, rate)
+    # What the guide says is measured, and on what.
+    for words in ("2 CPU cores with\nno GPU and no cloud", "not measured"):
+        assert " ".join(words.split()) in guide
 
 
 # ---------------------------------------------------------------- KubeRay RayJob
