@@ -37,6 +37,7 @@ def cmd_shard(args) -> int:
         keep_labels=args.keep_labels,
         max_size=args.max_size,
         parallel=False if args.serial else None,
+        label_set=args.label_set,
     )
     m = result.manifest
     splits = ", ".join(

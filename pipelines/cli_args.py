@@ -21,8 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("shard", help="write validated Parquet shards from fashion-mnist or an image folder")
-    p.add_argument("source", help="'fashion-mnist' or a folder of images, local or s3:// (class sub-folders give labels)")
+    p = sub.add_parser(
+        "shard", help="write validated Parquet shards from fashion-mnist, cifar10, cifar100, stl10 or an image folder"
+    )
+    p.add_argument(
+        "source",
+        help="'fashion-mnist'; cifar10:PATH, cifar100:PATH or stl10:PATH (the folder the dataset's archive unpacks to: "
+        "cifar-10-batches-py, cifar-100-python, stl10_binary); or a folder of images, local or s3:// "
+        "(class sub-folders give labels; train/<class>/ and val/<class>/ folders give the splits)",
+    )
     p.add_argument("--out", required=True, help="output folder (gets train/, test/, manifest.json)")
     p.add_argument("--rows-per-shard", type=int, default=10_000)
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
@@ -49,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SHARE",
         help="keep this share (0-1) of the train split's labels, the rest unlabeled (semi-supervised); test keeps all",
+    )
+    p.add_argument(
+        "--label-set",
+        choices=["fine", "coarse"],
+        default=None,
+        help="cifar100: the 100 fine classes (default) or the 20 coarse superclasses",
     )
 
     for name, default_config, text in (

@@ -1,9 +1,11 @@
-"""``rayssl shard``: write validated Parquet shards from Fashion-MNIST or an image folder.
+"""``rayssl shard``: write validated Parquet shards from a source that ``pipelines.sources`` reads.
 
+Sources: Fashion-MNIST, CIFAR-10, CIFAR-100 and STL-10 in the files their archives unpack to, and image
+folders (class sub-folders give labels; ImageNet-style ``train/`` and ``val/`` folders give the splits).
 Every image is opened, fully decoded, converted and checked here, once: unreadable files are
 skipped and counted in the manifest (or stop the run with ``strict``). A folder's images keep their own
 size (the shorter side capped at ``max_size``), a JPEG its own bytes where it can; ``size`` makes fixed
-squares instead. The files are listed here and decoded in Ray tasks, on every core of the cluster
+squares instead. Folders and STL-10 are listed here and decoded in Ray tasks, on every core of the cluster
 (``parallel``). ``source`` and ``out`` are folders or object-store prefixes (``s3://bucket/shards``).
 Each shard is published whole, ``manifest.json`` comes last, and a re-run after an interruption keeps
 the shards already written with the same rows.
@@ -11,10 +13,8 @@ the shards already written with the same rows.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,18 +26,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines import storage
-from pipelines.data import (
-    DEFAULT_MAX_SIZE,
-    FASHION_MNIST_CLASSES,
-    IMAGE_SUFFIXES,
-    SCHEMA,
-    DataError,
-    EncodedImage,
-    encode_image_file,
-    encode_png,
-    read_fashion_mnist,
-)
+from pipelines.data import DEFAULT_MAX_SIZE, IMAGE_SUFFIXES, SCHEMA, DataError, EncodedImage
 from pipelines.sampling import hash_fraction, mixed_order
+from pipelines.sources import (
+    Encoded,
+    Source,
+    _folder_files,  # noqa: F401 (tests import it from here, where it used to live)
+    open_source,
+)
 
 
 @dataclass
@@ -134,111 +130,6 @@ class ShardResult:
         return self.manifest["skipped"]
 
 
-def _folder_files(root: Path) -> Iterator[Path]:
-    """Image files under ``root``, sorted; symlinks are not followed, so the walk never leaves root."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_symlink():
-                yield path
-
-
-def _listed_files(root: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """``(relative path, path or URI)`` of every image file under a local folder or an object-store prefix, sorted,
-    and the class names (sub-folders)."""
-    if not storage.is_remote(root):
-        base = Path(root)
-        if not base.exists():
-            raise DataError(f"{root}: no such file or folder; give an image folder or 'fashion-mnist'")
-        if not base.is_dir():
-            raise DataError(f"{root}: not a folder; give a folder of images (class sub-folders give labels)")
-        classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.is_symlink())
-        files = [(_as_text(str(p.relative_to(base))), str(p)) for p in _folder_files(base)]
-        return files, [_as_text(name) for name in classes]
-    fs, base = pafs.FileSystem.from_uri(root.rstrip("/"))
-    found = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    scheme = root.split("://", 1)[0]
-    files = sorted(f.path[len(base) + 1 :] for f in found if f.type == pafs.FileType.File)
-    files = [rel for rel in files if Path(rel).suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise DataError(f"{root}: no image files under this prefix; give a folder of images (class sub-folders give labels)")
-    return [(rel, f"{scheme}://{base}/{rel}") for rel in files], sorted({rel.split("/", 1)[0] for rel in files if "/" in rel})
-
-
-def _as_text(name: str) -> str:
-    """A file name as valid text: bytes that are not UTF-8 become ``\\xe9`` escapes, so distinct names stay distinct."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-# What one encode task returns for each file: the encoded image, or why the file was unreadable.
-Encoded = EncodedImage | str
-
-
-def encode_files(paths: list[str], mode: str, size: int | None, max_size: int) -> list[Encoded]:
-    """Read, decode, check and encode image files (local paths or URIs): one Ray task's work, or the in-process loop's."""
-    out: list[Encoded] = []
-    for path in paths:
-        try:
-            out.append(encode_image_file(_read_file(path), mode, size, max_size))
-        except (ValueError, OSError) as err:
-            out.append(str(err))
-    return out
-
-
-def _read_file(path: str) -> bytes:
-    if not storage.is_remote(path):
-        return Path(path).read_bytes()
-    fs, where = pafs.FileSystem.from_uri(path)
-    with fs.open_input_stream(where) as f:
-        return f.read()
-
-
-@dataclass
-class _Source:
-    """What a source holds, listed before anything is decoded: ``(id, label, key)`` items per split.
-
-    ``encode(keys)`` decodes, checks and encodes items (an ``EncodedImage``, or the reason one is
-    unreadable); the writer calls it only for the items it writes. ``encode`` is a picklable function
-    when the source can be encoded in Ray tasks (``parallel``).
-    """
-
-    mode: str
-    image_size: list[int] | None  # None: every image keeps its own size
-    classes: list[str]
-    items: dict[str, list[tuple[str, int, object]]]
-    encode: Callable[[list], list[Encoded]]
-    parallel: bool = False
-
-
-def _fashion_mnist_source() -> _Source:
-    items, arrays = {}, {}
-    for split in ("train", "test"):
-        arrays[split], labels = read_fashion_mnist(split)
-        items[split] = [(f"fashion-mnist/{split}/{i:05d}", int(label), (split, i)) for i, label in enumerate(labels)]
-
-    def encode(keys):  # in memory already, and fast: no tasks needed
-        return [EncodedImage(encode_png(arrays[split][i]), 28, 28, "png") for split, i in keys]
-
-    return _Source("L", [28, 28], FASHION_MNIST_CLASSES, items, encode)
-
-
-def _folder_source(root: str, mode: str, size: int | None, max_size: int, test_fraction: float) -> _Source:
-    """Class sub-folders give labels (sorted names); images directly in ``root`` are unlabeled (-1).
-
-    A labeled image goes to ``test`` by a hash of its path, with probability ``test_fraction``.
-    """
-    files, classes = _listed_files(root)
-    class_index = {name: i for i, name in enumerate(classes)}
-    items: dict[str, list] = {"train": [], "test": []}
-    for rel, path in files:
-        label = class_index[rel.split("/", 1)[0]] if "/" in rel else -1
-        split = "test" if label >= 0 and hash_fraction(rel) < test_fraction else "train"
-        items[split].append((rel, label, path))
-    encode = functools.partial(encode_files, mode=mode, size=size, max_size=max_size)
-    return _Source(mode, [size, size] if size else None, classes, items, encode, parallel=True)
-
-
 # Files per encode task: ~0.2-0.5 s of work for 300-600 px photos, so a task's overhead is small and the
 # driver keeps every core busy with a few tasks in flight per CPU.
 FILES_PER_TASK = 32
@@ -258,12 +149,13 @@ def _encoded_in_order(keys: list, encode: Callable[[list], list[Encoded]], paral
         return
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=3)(encode_files)
+    task = ray.remote(num_cpus=1, max_retries=3)(_encode_batch)
+    encode_ref = ray.put(encode)  # the source's encode function, shipped to the object store once
     in_flight = max(2, 3 * int(ray.cluster_resources().get("CPU", 1)))
     pending: deque = deque()
 
     def submit(batch: list) -> None:
-        pending.append(task.remote(batch, **encode.keywords))
+        pending.append(task.remote(encode_ref, batch))
 
     try:
         for batch in batches:
@@ -277,7 +169,12 @@ def _encoded_in_order(keys: list, encode: Callable[[list], list[Encoded]], paral
             ray.cancel(ref)
 
 
-def _use_ray(parallel: bool | None, src: _Source) -> bool:
+def _encode_batch(encode: Callable[[list], list[Encoded]], keys: list) -> list[Encoded]:
+    """One Ray task's work: the source's own encode function (image files, STL-10 images) on a batch of keys."""
+    return encode(keys)
+
+
+def _use_ray(parallel: bool | None, src: Source) -> bool:
     """Ray tasks when asked, or (``None``) when the source is large or Ray already runs; starts a local Ray if needed."""
     if not src.parallel or parallel is False:
         return False
@@ -309,8 +206,10 @@ def write_shards(
     keep_labels: float | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
     parallel: bool | None = None,
+    label_set: str | None = None,
 ) -> ShardResult:
-    """Shard ``source`` (``fashion-mnist`` or an image folder, local or ``s3://``) into ``out/train`` and ``out/test``.
+    """Shard ``source`` into ``out/train`` and ``out/test``: ``fashion-mnist``, ``cifar10:PATH``, ``cifar100:PATH``,
+    ``stl10:PATH`` (``pipelines.sources``), or an image folder, local or ``s3://``.
 
     A folder's images keep their own size, the shorter side capped at ``max_size`` (0: no cap), and a
     JPEG its own bytes where it needs no change; ``size`` makes ``size`` x ``size`` centre crops instead.
@@ -320,8 +219,9 @@ def write_shards(
     ``keep_labels`` (0..1) keeps that share of the train split's labels, chosen by a hash
     of the image id, and writes the rest as unlabeled: the semi-supervised setting.
     The test split keeps its labels: it is what the probes report.
-    ``parallel``: decode a folder's files in Ray tasks (None: when it holds 2,000 files or more, or Ray
-    already runs); the rows written are the same either way.
+    ``parallel``: decode a folder's files (or STL-10's images) in Ray tasks (None: when it holds 2,000 files
+    or more, or Ray already runs); the rows written are the same either way.
+    ``label_set``: CIFAR-100's ``fine`` labels (the default) or its 20 ``coarse`` superclasses.
     """
     if keep_labels is not None and not 0 <= keep_labels <= 1:
         raise DataError(f"--keep-labels {keep_labels}: give the share of train labels to keep, between 0 and 1")
@@ -335,10 +235,7 @@ def write_shards(
             return label
         return -1
 
-    if source == "fashion-mnist":
-        src = _fashion_mnist_source()
-    else:
-        src = _folder_source(source, mode or "RGB", size, max_size, test_fraction)
+    src = open_source(source, mode, size, max_size, test_fraction, label_set)
     use_ray = _use_ray(parallel, src)
     out = out if storage.is_remote(out) else str(Path(out).expanduser().resolve())
     storage.check_bucket(out, "--out")
@@ -347,25 +244,49 @@ def write_shards(
     writers = {s: _SplitWriter(f"{out}/{s}", rows_per_shard, encoding) for s in ("train", "test")}
     skipped: list[dict] = []
     for split, writer in writers.items():
-        items = [src.items[split][i] for i in mixed_order([it[0] for it in src.items[split]], [it[1] for it in src.items[split]])]
-        results = _encoded_in_order([key for _, _, key in items], src.encode, use_ray)
-        for (image_id, label, key), result in zip(items, results, strict=False):  # results stop at the limit
-            if limit is not None and writer.written + len(writer.rows) >= limit:
-                results.close()  # cancels the tasks still in flight
-                break
-            if isinstance(result, str):
-                if strict:
-                    raise DataError(f"{key}: {result}; fix or remove it, or run without --strict to skip it")
-                skipped.append({"file": image_id, "reason": result})
-                continue
-            writer.add(result, train_label(label, image_id) if split == "train" else label, image_id)
-        writer.flush()
+        relabel = train_label if split == "train" else None
+        skipped += _write_split(writer, src.items[split], src.encode, use_ray, limit, strict, relabel)
     if writers["train"].written == 0 and writers["test"].written == 0:
         why = f"all {len(skipped)} image files were unreadable" if skipped else "no image files found"
         raise DataError(f"{source}: {why}; image suffixes read: {', '.join(sorted(IMAGE_SUFFIXES))}")
+    manifest = _manifest(source, src, writers, skipped, keep_labels, max_size)
+    for writer in writers.values():
+        writer.remove_strays()
+    storage.write_bytes(f"{out}/manifest.json", json.dumps(manifest, indent=2).encode())
+    return ShardResult(out, manifest, reused=sum(w.reused for w in writers.values()))
+
+
+def _write_split(
+    writer: _SplitWriter,
+    items: list[tuple[str, int, object]],
+    encode: Callable[[list], list[Encoded]],
+    use_ray: bool,
+    limit: int | None,
+    strict: bool,
+    relabel: Callable[[int, str], int] | None,
+) -> list[dict]:
+    """Encode and write one split's items in the mixed order, up to ``limit`` rows; the unreadable ones skipped."""
+    items = [items[i] for i in mixed_order([it[0] for it in items], [it[1] for it in items])]
+    results = _encoded_in_order([key for _, _, key in items], encode, use_ray)
+    skipped = []
+    for (image_id, label, key), result in zip(items, results, strict=False):  # results stop at the limit
+        if limit is not None and writer.written + len(writer.rows) >= limit:
+            results.close()  # cancels the tasks still in flight
+            break
+        if isinstance(result, str):
+            if strict:
+                raise DataError(f"{key}: {result}; fix or remove it, or run without --strict to skip it")
+            skipped.append({"file": image_id, "reason": result})
+            continue
+        writer.add(result, relabel(label, image_id) if relabel else label, image_id)
+    writer.flush()
+    return skipped
+
+
+def _manifest(source: str, src: Source, writers: dict, skipped: list[dict], keep_labels: float | None, max_size: int) -> dict:
     heights = [h for w in writers.values() for h in w.heights]
     widths = [x for w in writers.values() for x in w.widths]
-    manifest = {
+    return {
         "source": source,
         "mode": src.mode,
         "channels": 1 if src.mode == "L" else 3,
@@ -374,15 +295,13 @@ def write_shards(
         "sizes": {"height": _size_summary(heights), "width": _size_summary(widths)},
         "encodings": dict(sorted(sum((w.kinds for w in writers.values()), Counter()).items())),
         "classes": src.classes,
+        "label_set": src.label_set,  # CIFAR-100: "fine" or "coarse"; None for a source with one set of labels
+        "split_by": src.split_by,  # "dataset" (its own train/test), "folders" (train/ and val/) or "hash" (of each path)
         "splits": {s: w.summary(len(src.classes)) for s, w in writers.items()},
         "keep_labels": keep_labels,
         "skipped_count": len(skipped),
         "skipped": sorted(skipped, key=lambda s: s["file"]),
     }
-    for writer in writers.values():
-        writer.remove_strays()
-    storage.write_bytes(f"{out}/manifest.json", json.dumps(manifest, indent=2).encode())
-    return ShardResult(out, manifest, reused=sum(w.reused for w in writers.values()))
 
 
 def _remove_manifest(out: str) -> None:
