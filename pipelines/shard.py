@@ -28,12 +28,7 @@ import pyarrow.parquet as pq
 from pipelines import storage
 from pipelines.data import DEFAULT_MAX_SIZE, IMAGE_SUFFIXES, SCHEMA, DataError, EncodedImage
 from pipelines.sampling import hash_fraction, mixed_order
-from pipelines.sources import (
-    Encoded,
-    Source,
-    _folder_files,  # noqa: F401 (tests import it from here, where it used to live)
-    open_source,
-)
+from pipelines.sources import Encoded, Source, open_source
 
 
 @dataclass

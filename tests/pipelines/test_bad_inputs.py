@@ -25,7 +25,8 @@ from PIL import Image
 from pipelines import cli
 from pipelines.config import ConfigError, build_config, load_config
 from pipelines.data import DataError, check_shards, load_labeled, read_manifest
-from pipelines.shard import _folder_files, write_shards
+from pipelines.shard import write_shards
+from pipelines.sources import _folder_files
 
 REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)
