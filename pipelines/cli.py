@@ -49,6 +49,8 @@ def cmd_shard(args) -> int:
         h, w = m["sizes"]["height"], m["sizes"]["width"]
         sizes = f"own sizes, {h['min']}-{h['max']} px high, {w['min']}-{w['max']} px wide,"
     print(f"wrote {args.out} ({splits}; {sizes} {m['mode']}, {len(m['classes'])} classes)")
+    if m.get("split_by") == "folders":
+        print("splits: the source's own train/ and val/ (or test/) folders, not a hash of each path")
     if result.reused:
         print(f"kept {result.reused} shards an interrupted run had already written with the same rows")
     if not any(v["labeled"] for v in m["splits"].values()):
