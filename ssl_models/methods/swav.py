@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,8 +46,10 @@ class SwAV(SSLMethod):
         once full; it is filled in ``on_step_end`` from the embeddings stashed (detached) by
         ``training_step``, so a step's codes see only earlier steps' embeddings;
       * the prototypes get a zero gradient (``torch.where`` on a detached copy: DDP still sees a
-        gradient for every parameter) while fewer than ``freeze_prototypes_steps`` steps are done,
-        counted in a buffer by ``on_step_end``; the paper drops the gradient (``p.grad = None``),
+        gradient for every parameter) for the first ``freeze_prototypes_share`` of the run, counted in
+        buffers by ``on_step_end`` (the paper's 313 iterations are 0.5% of its 200 epochs at batch 4,096;
+        a fixed 313 would freeze them through a whole short run; the first step is always frozen);
+        the paper drops the gradient (``p.grad = None``),
         which also skips weight decay; here the decay only shrinks the rows, renormalized after;
       * the rows of the prototypes are L2-normalized at init and in ``on_step_end``, after the
         optimizer step (the authors do it before each forward pass: the same sequence).
@@ -71,7 +75,7 @@ class SwAV(SSLMethod):
         sinkhorn_iterations: int = 3,
         queue_length: int = 3840,
         queue_start_share: float = 0.075,
-        freeze_prototypes_steps: int = 313,
+        freeze_prototypes_share: float = 0.005,
         **encoder_args,
     ):
         super().__init__(**encoder_args)
@@ -82,15 +86,15 @@ class SwAV(SSLMethod):
                 f"need num_local_crops >= 0, num_prototypes >= 1 and sinkhorn_iterations >= 1, got "
                 f"{num_local_crops}, {num_prototypes}, {sinkhorn_iterations}"
             )
-        if queue_length < 0 or not 0.0 <= queue_start_share <= 1.0 or freeze_prototypes_steps < 0:
+        if queue_length < 0 or not 0.0 <= queue_start_share <= 1.0 or not 0.0 <= freeze_prototypes_share <= 1.0:
             raise ValueError(
-                f"need queue_length >= 0, queue_start_share in [0, 1] and freeze_prototypes_steps >= 0, "
-                f"got {queue_length}, {queue_start_share}, {freeze_prototypes_steps}"
+                f"need queue_length >= 0, and queue_start_share and freeze_prototypes_share in [0, 1], "
+                f"got {queue_length}, {queue_start_share}, {freeze_prototypes_share}"
             )
         self.num_views = 2 + num_local_crops
         self.temperature, self.epsilon, self.sinkhorn_iterations = temperature, epsilon, sinkhorn_iterations
         self.queue_start_share = queue_start_share
-        self.freeze_prototypes_steps = freeze_prototypes_steps
+        self.freeze_prototypes_share = freeze_prototypes_share
         self.projection_head = SwAVProjectionHead(self.encoder.num_features, hidden_dim, projection_dim)
         self.prototypes = nn.Linear(projection_dim, num_prototypes, bias=False)
         self.normalize_prototypes()
@@ -100,6 +104,8 @@ class SwAV(SSLMethod):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        # frozen until this many steps are done: the first step, until on_step_end knows the run's length
+        self.register_buffer("frozen_steps", torch.tensor(int(freeze_prototypes_share > 0), dtype=torch.long))
         self._pending_embeddings: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -124,7 +130,7 @@ class SwAV(SSLMethod):
         z = self.embeddings(self._crops(batch))
         weight = self.prototypes.weight
         # Frozen prototypes: a zero gradient, not none, so DDP reduces the same parameters every step.
-        weight = torch.where(self.steps_done < self.freeze_prototypes_steps, weight.detach(), weight)
+        weight = torch.where(self.steps_done < self.frozen_steps, weight.detach(), weight)
         scores = [F.linear(zi, weight) for zi in z]
         queue_scores = None
         if self.queue.shape[1] > 0 and self.queue_filled >= self.queue.shape[1]:
@@ -155,6 +161,7 @@ class SwAV(SSLMethod):
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         self.steps_done.fill_(step + 1)
+        self.frozen_steps.fill_(math.ceil(self.freeze_prototypes_share * total_steps))
         self.normalize_prototypes()
         if self._pending_embeddings is not None:
             if step + 1 >= self.queue_start_share * total_steps:

@@ -125,7 +125,7 @@ def _swav(**kwargs):
 def test_swav_step_normalizes_prototypes_freezes_them_first_and_fills_the_queue():
     torch.manual_seed(0)
     images = torch.randint(0, 255, (6, 20, 20, 1), dtype=torch.uint8)
-    method = _swav(queue_length=12, queue_start_share=0.0, freeze_prototypes_steps=1, num_local_crops=2)
+    method = _swav(queue_length=12, queue_start_share=0.0, freeze_prototypes_share=0.1, num_local_crops=2)
     assert method.make_views().num_views == 4 and method.queue.shape == (2, 12, 8)
     before = method.prototypes.weight.detach().clone()
     out = _one_step(method, images)
@@ -133,7 +133,7 @@ def test_swav_step_normalizes_prototypes_freezes_them_first_and_fills_the_queue(
     # frozen for the first step: a zero gradient (not none: DDP reduces it), rows still unit length
     assert method.prototypes.weight.grad is not None and method.prototypes.weight.grad.abs().sum() == 0
     torch.testing.assert_close(method.prototypes.weight, before)
-    assert int(method.steps_done) == 1
+    assert int(method.steps_done) == 1 and int(method.frozen_steps) == 1  # 0.1 of the 10-step run
     # the queue holds both global crops' embeddings of the step, unit length; not full, so not used yet
     assert int(method.queue_filled) == 6
     torch.testing.assert_close(method.queue[:, :6].norm(dim=-1), torch.ones(2, 6))
