@@ -55,6 +55,19 @@ RECIPES: dict[str, Recipe] = {
         weight_decay=1e-4,
         notes="MoCo v2 as published: SGD lr 0.03 for batch 256, wd 1e-4, cosine; its warm-up is none (here 10%).",
     ),
+    "mocov3": Recipe(
+        paper="https://arxiv.org/abs/2104.02057",
+        sync_batchnorm=True,
+        optimizer="lars",
+        lr=0.6,
+        weight_decay=1e-6,
+        momentum=0.9,
+        warmup_share=0.1,
+        notes="The authors' ResNet recipe (main_moco.py, CONFIG.md, 100 epochs): LARS lr 0.6 x B/256 (0.3 for 300+ "
+        "epochs), wd 1e-6, momentum 0.9, 10 warm-up epochs of 100, cosine, SyncBN. Their ViT recipe differs: AdamW "
+        "lr 1.5e-4 x B/256, wd 0.1, 40 warm-up epochs of 300; with method.backbone=vit_tiny set optim.name=adamw, "
+        "optim.lr=1.5e-4, optim.weight_decay=0.1 (one recipe per method; the CPU default is small_cnn).",
+    ),
     "triplet": Recipe(paper="https://arxiv.org/abs/1503.03832", **_SGD, notes="No SSL paper recipe; the shared SGD one."),
     "byol": Recipe(
         paper="https://arxiv.org/abs/2006.07733",
@@ -107,6 +120,45 @@ RECIPES: dict[str, Recipe] = {
         notes="Paper: AdamW lr 5e-4 x B/256 for ViTs, wd 0.04 -> 0.4; its ResNet-50 runs use LARS/SGD. "
         "The CPU backbone is a ConvNet, so the SGD recipe.",
     ),
+    "swav": Recipe(
+        paper="https://arxiv.org/abs/2006.09882",
+        sync_batchnorm=True,
+        optimizer="lars",
+        lr=0.6,
+        weight_decay=1e-6,
+        momentum=0.9,
+        warmup_share=0.0,
+        notes="The authors' batch-256 recipe (scripts/swav_200ep_bs256_pretrain.sh): LARS lr 0.6 (cosine to 0.0006), "
+        "wd 1e-6, no warm-up, sync BN, queue 3840 from epoch 15 of 200, prototypes frozen for 1 epoch (5005 steps; "
+        "313 at batch 4096, the method's default). Their LARC adapts biases and norms too; here those train at "
+        "the plain rate. 2 global + 4 local crops (the paper: 6); the paper's head sizes fit 2 CPU cores.",
+    ),
+    "nnclr": Recipe(
+        paper="https://arxiv.org/abs/2104.14548",
+        sync_batchnorm=True,
+        optimizer="lars",
+        lr=0.3,
+        weight_decay=1e-6,
+        momentum=0.9,
+        warmup_share=0.01,
+        cpu_kwargs={"hidden_dim": 1024, "prediction_hidden_dim": 1024},
+        notes="As published: LARS lr 0.3 x B/256 (batch 4096), wd 1e-6, 10 warm-up epochs of 1000, cosine. "
+        "Support set 4,096 (paper: 98,304 at batch 4096). Projector 2048-2048-256 and predictor 4096-256 "
+        "become 1024-1024-256 and 1024-256 on CPUs.",
+    ),
+    "ibot": Recipe(
+        paper="https://arxiv.org/abs/2111.07832",
+        optimizer="adamw",
+        lr=5e-4,
+        weight_decay=0.04,
+        momentum=0.9,
+        beta2=0.999,
+        warmup_share=0.1,
+        cpu_kwargs={"hidden_dim": 512, "out_dim": 1024},
+        notes="The authors' main_ibot.py: AdamW lr 5e-4 x B/256, 10 warm-up epochs of 100, cosine to 1e-6. Their "
+        "weight decay rises 0.04 -> 0.4 (cosine); here it stays at 0.04. Gradient clipping at 3.0 is not done. "
+        "Head 2048 hidden x 4096 outputs (paper 8192) -> 512 x 1024 on CPUs: the head runs on every patch token.",
+    ),
     "mae": Recipe(
         paper="https://arxiv.org/abs/2111.06377",
         optimizer="adamw",
@@ -117,6 +169,31 @@ RECIPES: dict[str, Recipe] = {
         warmup_share=0.05,
         notes="As published: AdamW lr 1.5e-4 x B/256, betas (0.9, 0.95), wd 0.05 (none on norms, biases and "
         "tokens), 40 warm-up epochs of 800, cosine.",
+    ),
+    "simmim": Recipe(
+        paper="https://arxiv.org/abs/2111.09886",
+        optimizer="adamw",
+        lr=1e-4,
+        weight_decay=0.05,
+        momentum=0.9,
+        beta2=0.999,
+        warmup_share=0.1,
+        notes="The authors' 100-epoch recipe (configs/*__100ep: AdamW lr 2e-4 x B/512, betas (0.9, 0.999), wd 0.05, "
+        "10 warm-up epochs, cosine); their 800-epoch ViT-B run uses 1e-4 x B/512 with a step decay. Not here: "
+        "gradient clipping at 5 and drop path 0.1. Masks of one 4 px patch at 28-32 px (paper: 32 px at 192-224 px).",
+    ),
+    "ijepa": Recipe(
+        paper="https://arxiv.org/abs/2301.08243",
+        optimizer="adamw",
+        lr=1.25e-4,
+        weight_decay=0.04,
+        momentum=0.9,
+        beta2=0.999,
+        warmup_share=0.13,
+        notes="The authors' ViT-H/14 recipe (configs/in1k_vith14_ep300.yaml): AdamW lr 1e-3 at batch 2048 "
+        "(1.25e-4 x B/256), 40 warm-up epochs of 300 (from 2e-4, here from 0), cosine; weight decay 0.04 here "
+        "throughout (the paper: cosine 0.04 -> 0.4). EMA 0.996 -> 1 linear (the method's default). Predictor "
+        "6 x 96-d for vit_tiny (paper: 12 x 384-d for ViT-H).",
     ),
     "cpc": Recipe(
         paper="https://arxiv.org/abs/1905.09272",

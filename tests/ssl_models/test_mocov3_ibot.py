@@ -70,7 +70,7 @@ def _mocov3(backbone: str = "tiny_cnn", **kwargs):
 
 def test_mocov3_heads_and_temperature_follow_the_backbone():
     cnn, vit = _mocov3(), _mocov3("vit_micro")
-    assert (cnn.temperature, vit.temperature) == (1.0, 0.2)  # --moco-t: 1.0 (ResNet), 0.2 (released ViT configs)
+    assert (cnn.temperature, vit.temperature) == (0.2, 0.2)  # solo-learn's ResNet-18 and the released ViT configs
     linears = [sum(isinstance(m, torch.nn.Linear) for m in mlp) for mlp in (cnn.projector, vit.projector)]
     assert linears == [2, 3]  # MoCo_ResNet: 2-layer projector; MoCo_ViT: 3 layers
     assert not isinstance(cnn.predictor[-1], torch.nn.BatchNorm1d) and isinstance(vit.predictor[-1], torch.nn.BatchNorm1d)
