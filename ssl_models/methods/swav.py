@@ -100,9 +100,12 @@ class SwAV(SSLMethod):
         self.normalize_prototypes()
         # Each worker queues its own embeddings (the Sinkhorn all-reduce joins them), as main_swav.py does.
         local_length = queue_length // world_size()
-        self.register_buffer("queue", torch.zeros(len(CROPS_FOR_ASSIGN), local_length, projection_dim))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        # Not in the state dict: its length depends on the worker count, so a checkpoint would not load into
+        # the driver's probe (one process) or a restart on other workers; after a restart it refills.
+        queue = torch.zeros(len(CROPS_FOR_ASSIGN), local_length, projection_dim)
+        self.register_buffer("queue", queue, persistent=False)
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         # frozen until this many steps are done: the first step, until on_step_end knows the run's length
         self.register_buffer("frozen_steps", torch.tensor(int(freeze_prototypes_share > 0), dtype=torch.long))

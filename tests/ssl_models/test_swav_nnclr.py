@@ -144,6 +144,11 @@ def test_swav_step_normalizes_prototypes_freezes_them_first_and_fills_the_queue(
     assert not torch.allclose(method.prototypes.weight, before)
     torch.testing.assert_close(method.prototypes.weight.norm(dim=1), torch.ones(6))
     assert int(method.queue_filled) == 12  # now full: the next step's codes use it
+    # the queue's length depends on the worker count: kept out of the checkpoint, so the driver's probe
+    # (one process) loads what 2 workers trained
+    other = _swav(queue_length=24, queue_start_share=0.0, freeze_prototypes_share=0.1, num_local_crops=2)
+    other.load_state_dict(method.state_dict())
+    assert not {"queue", "queue_ptr", "queue_filled"} & set(method.state_dict())
 
 
 def test_swav_uses_the_full_queue_for_codes_and_starts_it_at_its_share_of_the_run():
