@@ -72,6 +72,15 @@ class SSLMethod(nn.Module):
         settings = {**augment, **self.view_kwargs}
         return create_views(self.view_policy, image_size=image_size or self.image_size, num_views=self.num_views, **settings)
 
+    def crops_of(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """``view_0`` ... ``view_{num_views - 1}`` of a multi-crop batch (global crops first); a missing one is
+        named with what this method expects."""
+        missing = [f"view_{i}" for i in range(self.num_views) if f"view_{i}" not in batch]
+        if missing:
+            local = self.num_views - 2
+            raise ValueError(f"{self.method_name} expects {self.num_views} views (2 global + {local} local); missing {missing}")
+        return [batch[f"view_{i}"] for i in range(self.num_views)]
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled encoder features (N, num_features), the ones the probes use."""
         return self.encoder(x)

@@ -99,14 +99,8 @@ class DINO(SSLMethod):
         self.register_buffer("center", torch.zeros(1, out_dim))
         self._pending_teacher: torch.Tensor | None = None
 
-    def _crops(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        missing = [f"view_{i}" for i in range(self.num_views) if f"view_{i}" not in batch]
-        if missing:
-            raise ValueError(f"dino expects {self.num_views} views (2 global + {self.num_views - 2} local); missing {missing}")
-        return [batch[f"view_{i}"] for i in range(self.num_views)]
-
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        crops = self._crops(batch)
+        crops = self.crops_of(batch)
         global_crops = torch.cat(crops[:2])
         # One forward pass per crop size, as in DINO: same-size crops share a batch.
         student = list(self.head(self.encoder(global_crops)).chunk(2))

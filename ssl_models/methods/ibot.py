@@ -246,14 +246,8 @@ class IBOT(SSLMethod):
         patches = torch.where(mask.unsqueeze(-1), masked, patches)
         return vit.encode(torch.cat([vit.cls_with_pos(x.shape[0]), patches], dim=1))
 
-    def _crops(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        missing = [f"view_{i}" for i in range(self.num_views) if f"view_{i}" not in batch]
-        if missing:
-            raise ValueError(f"ibot expects {self.num_views} views (2 global + {self.num_local_crops} local); missing {missing}")
-        return [batch[f"view_{i}"] for i in range(self.num_views)]
-
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        crops = self._crops(batch)
+        crops = self.crops_of(batch)
         global_crops = torch.cat(crops[:2])
         mask = self.masks(global_crops.shape[0], global_crops.device)
         student_cls, student_patch = self.head(self.student_tokens(global_crops, mask))

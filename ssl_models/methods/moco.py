@@ -11,6 +11,7 @@ from ssl_models.distributed import gather_with_grad, rank, world_size
 from ssl_models.losses import moco_infonce
 from ssl_models.methods.base import SSLMethod
 from ssl_models.momentum import cosine_momentum, ema_update, frozen_copy
+from ssl_models.queues import enqueue_from_every_worker
 from ssl_models.registry import register_method
 
 
@@ -111,12 +112,7 @@ class MoCo(SSLMethod):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Write every worker's keys (rank order) into the ring buffer at the pointer, wrapping around."""
-        keys = gather_with_grad(keys)  # no_grad: a plain all_gather, identical on every worker
-        size = self.queue.shape[0]
-        keys = keys[-size:]  # a global batch larger than the queue keeps its last keys
-        slots = (self.queue_ptr + torch.arange(keys.shape[0], device=self.queue.device)) % size
-        self.queue[slots] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+        enqueue_from_every_worker(self.queue, self.queue_ptr, keys)
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         momentum = cosine_momentum(step, total_steps, self.momentum)

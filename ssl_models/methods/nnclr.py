@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_models.distributed import gather_with_grad
 from ssl_models.losses import nearest_neighbours, nnclr_loss
 from ssl_models.methods.base import SSLMethod
+from ssl_models.queues import enqueue_from_every_worker
 from ssl_models.registry import register_method
 
 
@@ -108,13 +108,8 @@ class NNCLR(SSLMethod):
     @torch.no_grad()
     def enqueue(self, z: torch.Tensor) -> None:
         """Write every worker's embeddings (rank order) into the ring buffer at the pointer, wrapping around."""
-        z = gather_with_grad(z)  # no_grad: a plain all_gather, identical on every worker
-        size = self.queue.shape[0]
-        z = z[-size:]  # a global batch larger than the queue keeps its last rows
-        slots = (self.queue_ptr + torch.arange(z.shape[0], device=self.queue.device)) % size
-        self.queue[slots] = z.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + z.shape[0]) % size)
-        self.queue_filled.copy_(torch.clamp(self.queue_filled + z.shape[0], max=size))
+        written = enqueue_from_every_worker(self.queue, self.queue_ptr, z)
+        self.queue_filled.copy_(torch.clamp(self.queue_filled + written, max=self.queue.shape[0]))
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         if self._pending is not None:

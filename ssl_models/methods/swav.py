@@ -115,12 +115,6 @@ class SwAV(SSLMethod):
     def normalize_prototypes(self) -> None:
         self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
 
-    def _crops(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        missing = [f"view_{i}" for i in range(self.num_views) if f"view_{i}" not in batch]
-        if missing:
-            raise ValueError(f"swav expects {self.num_views} views (2 global + {self.num_views - 2} local); missing {missing}")
-        return [batch[f"view_{i}"] for i in range(self.num_views)]
-
     def embeddings(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         """L2-normalized embeddings (n, D) of every crop; one encoder pass per crop size, as in the paper."""
         features = [self.encoder(torch.cat(crops[:2]))]
@@ -130,7 +124,7 @@ class SwAV(SSLMethod):
         return list(z.chunk(len(crops)))
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        z = self.embeddings(self._crops(batch))
+        z = self.embeddings(self.crops_of(batch))
         weight = self.prototypes.weight
         # Frozen prototypes: a zero gradient, not none, so DDP reduces the same parameters every step.
         weight = torch.where(self.steps_done < self.frozen_steps, weight.detach(), weight)
