@@ -161,7 +161,11 @@ def _cifar100_source(path: str, label_set: str) -> Source:
 def _cifar_batch(path: Path, label_key: bytes, num_classes: int, layout: str) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR pickle's images as uint8 (N, 32, 32, 3) and its labels: rows of 3072 bytes, red then green then blue planes."""
     batch = _load_pickle(path, layout)
-    data, labels = batch.get(b"data"), np.asarray(batch.get(label_key, []), dtype=np.int64)
+    data = batch.get(b"data")
+    try:
+        labels = np.asarray(batch.get(label_key, []), dtype=np.int64)
+    except (TypeError, ValueError):  # labels that are not whole numbers: the same one line as a wrong count
+        labels = np.array([], dtype=np.int64)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: b'data' is not uint8 rows of 3072 values (32x32 RGB); {layout}")
     if len(labels) != len(data) or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes):

@@ -216,6 +216,10 @@ def test_a_partial_dataset_folder_is_one_line_naming_the_missing_file(tmp_path):
     (tmp_path / "stl10_binary" / "unlabeled_X.bin").write_bytes(b"\0" * 1000)  # a download cut short
     with pytest.raises(DataError, match=r"unlabeled_X\.bin: 1000 bytes, not a whole number of 96x96 RGB images"):
         write_shards(f"stl10:{tmp_path / 'stl10_binary'}", tmp_path / "out", parallel=False)
+    # labels that are not numbers: the same one line as a wrong count, not a traceback
+    _pickle(root / "data_batch_3", {b"data": np.zeros((1, 3072), np.uint8), b"labels": ["cat"]}, 2)
+    with pytest.raises(DataError, match=r"data_batch_3: b'labels' is not one label in 0\.\.9 per image"):
+        write_shards(f"cifar10:{root}", tmp_path / "out", parallel=False)
 
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
