@@ -36,7 +36,7 @@ def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_
 
     Args:
         pred: (N, L, P) decoder outputs for every patch.
-        target: (N, L, P) patchified input pixels (``ssl_models.vit.patchify``).
+        target: (N, L, P) patchified input pixels (``ssl_models.backbones.vit.patchify``).
         mask: (N, L), 1 for masked (removed) patches and 0 for visible ones.
         norm_pix: normalize each target patch by its mean and variance.
     """

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_models.backbones.vit import VisionTransformer
 from ssl_models.losses import cpc_infonce
 from ssl_models.methods.base import SSLMethod
 from ssl_models.registry import register_method
-from ssl_models.vit import VisionTransformer
 
 
 def cpc_patch_geometry(image_size: int, grid_size: int) -> tuple[int, int]:

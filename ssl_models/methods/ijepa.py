@@ -8,11 +8,11 @@ import math
 import torch
 from torch import nn
 
+from ssl_models.backbones.vit import VisionTransformer, init_vit_weights, sincos_pos_embed_2d, transformer_blocks
 from ssl_models.losses import ijepa_loss, ijepa_targets
 from ssl_models.methods.base import SSLMethod
 from ssl_models.momentum import ema_update, frozen_copy
 from ssl_models.registry import register_method
-from ssl_models.vit import VisionTransformer, init_vit_weights, sincos_pos_embed_2d, transformer_blocks
 
 
 def block_size(grid_size: int, scale: tuple[float, float], aspect_ratio: tuple[float, float], r: float) -> tuple[int, int]:

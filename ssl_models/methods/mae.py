@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssl_models.backbones.vit import VisionTransformer, init_vit_weights, patchify, sincos_pos_embed_2d, transformer_blocks
 from ssl_models.losses import mae_loss, mae_pixel_targets
 from ssl_models.methods.base import SSLMethod
 from ssl_models.registry import register_method
-from ssl_models.vit import VisionTransformer, init_vit_weights, patchify, sincos_pos_embed_2d, transformer_blocks
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:

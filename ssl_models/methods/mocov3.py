@@ -7,11 +7,11 @@ import math
 import torch
 from torch import nn
 
+from ssl_models.backbones.vit import VisionTransformer
 from ssl_models.losses import mocov3_contrastive_loss
 from ssl_models.methods.base import SSLMethod
 from ssl_models.momentum import cosine_momentum, ema_update, frozen_copy
 from ssl_models.registry import register_method
-from ssl_models.vit import VisionTransformer
 
 
 class MoCoV3MLP(nn.Sequential):

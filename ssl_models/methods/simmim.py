@@ -7,11 +7,11 @@ import math
 import torch
 from torch import nn
 
+from ssl_models.backbones.vit import VisionTransformer, patchify
 from ssl_models.losses import simmim_loss
 from ssl_models.methods.base import SSLMethod
 from ssl_models.methods.mae import masked_patch_accuracy
 from ssl_models.registry import register_method
-from ssl_models.vit import VisionTransformer, patchify
 
 # The paper's masks: 32 px squares on 192 px images (a sixth of the side); 32 px on 224 px for ViT-B/16.
 PAPER_MASK_SHARE = 32 / 192

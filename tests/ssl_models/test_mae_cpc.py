@@ -6,10 +6,10 @@ import torch
 import torch.distributed as dist
 
 import ssl_models
+from ssl_models.backbones.vit import patchify, sincos_pos_embed_2d
 from ssl_models.losses import cpc_infonce, mae_loss
 from ssl_models.methods.cpc import CPCContextNetwork, cpc_patch_geometry, extract_patches
 from ssl_models.methods.mae import masked_patch_accuracy, random_masking
-from ssl_models.vit import patchify, sincos_pos_embed_2d
 from tests.ssl_models.gloo import run_distributed
 
 # ---------------------------------------------------------------- ViT backbone

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_models.backbones import register_backbone
+from ssl_models.backbones._registry import register_backbone
 
 
 def default_patch_size(image_size: int) -> int:
