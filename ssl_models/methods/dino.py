@@ -7,7 +7,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-import ssl_models.multicrop  # noqa: F401  (registers the "multi_crop" view policy)
 from ssl_models.distributed import world_size
 from ssl_models.losses import dino_loss
 from ssl_models.methods.base import SSLMethod
@@ -60,7 +59,7 @@ class DINO(SSLMethod):
     step, ``on_step_end`` moves the teacher towards the student and the centre towards
     the mean teacher output of this step over every worker (all_reduce), both from
     outputs stashed by ``training_step`` so ``forward`` changes no state.
-    The view policy is "multi_crop" (``ssl_models.multicrop``); the batch must hold
+    The view policy is "multi_crop" (``ssl_models.views.multi_crop``); the batch must hold
     ``num_views = 2 + num_local_crops`` views.
 
     ``proxy_acc``: fraction of samples for which the student's most likely output on one

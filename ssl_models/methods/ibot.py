@@ -10,15 +10,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-import ssl_models.multicrop  # noqa: F401  (registers the "multi_crop" view policy)
 from ssl_models.backbones.vit import VisionTransformer
 from ssl_models.distributed import world_size
 from ssl_models.losses import ibot_loss
 from ssl_models.methods.base import SSLMethod
 from ssl_models.methods.dino import DINOHead
 from ssl_models.momentum import cosine_momentum, ema_update, frozen_copy
-from ssl_models.multicrop import local_crop_size
 from ssl_models.registry import register_method
+from ssl_models.views import local_crop_size
 
 
 def prediction_ratio(rng: np.random.Generator, ratios: tuple[float, ...], variances: tuple[float, ...]) -> float:

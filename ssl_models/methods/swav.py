@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import ssl_models.multicrop  # noqa: F401  (registers the "multi_crop" view policy)
 from ssl_models.distributed import world_size
 from ssl_models.losses import swapped_prediction_loss, swav_codes
 from ssl_models.methods.base import SSLMethod
@@ -36,7 +35,7 @@ class SwAV(SSLMethod):
     temperature 0.1, Sinkhorn epsilon 0.05 and 3 iterations, codes from crops 0 and 1,
     prototypes frozen for the first 313 iterations; at batch 256, a queue of 3,840 embeddings
     from epoch 15 (of 200), LARS lr 0.6, wd 1e-6. Here:
-      * views: the "multi_crop" policy (``ssl_models.multicrop``) with 2 global + 4 local crops
+      * views: the "multi_crop" policy (``ssl_models.views.multi_crop``) with 2 global + 4 local crops
         by default (``num_local_crops``; 12 px local crops at 28 px, the paper's 96 / 224 ratio),
         and the paper's crop scales (``view_kwargs``): 4 local crops, not 6, to fit 2 CPU cores;
       * the queue (``queue_length`` embeddings per assigning crop, split over the workers as the

@@ -1,91 +1,23 @@
-"""View policies: the per-sample augmented views a method trains on.
-
-A policy is a callable taking a Ray Data numpy batch ``{"image": uint8 (N, H, W, C),
-...}`` and returning the batch dict (``view_0``, ``view_1``, ...; other columns such
-as ``label`` pass through). ``policy.apply(images)`` does the same on a uint8 tensor
-already on the training device (``data.augment_on: device``). Either way every
-sample gets its own random parameters, drawn anew on every call (every epoch).
+"""SimCLR's multi-view policy: ``num_views`` random crops of every image, each with its own colour steps.
 
 Images of their own sizes (photos in shards that keep each one's resolution) cannot be stacked:
 there the data stage crops every view from the original first, at the boxes ``crop_specs()``
 asks for (``pipelines/crops.py``), and the policy makes the rest of each view from those fixed-size
 crops (``views_from_crops``: flip, colour, blur, solarize), per batch as before.
-
-The numpy path stores each view as uint8 (N, C, H, W), the augmented image rounded to
-8 bits as an image file would hold it: a quarter of float32's bytes through Ray's
-object store and to the device. ``model_views`` turns them into the normalized floats
-the methods train on; ``apply`` returns those directly.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ssl_models import augment
-from ssl_models.registry import Registry
-
-# Pixel normalization used everywhere (training views and probes): [0, 1] -> [-1, 1].
-PIXEL_MEAN = 0.5
-PIXEL_STD = 0.5
-
-VIEWS: Registry[Callable[..., object]] = Registry("view policy", "view policies")
-register_views = VIEWS.register
-
-
-def list_views() -> list[str]:
-    return VIEWS.names()
-
-
-def create_views(name: str, **kwargs):
-    """Build the view policy ``name`` with its keyword arguments."""
-    return VIEWS.get(name)(**kwargs)
-
-
-def dequantize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float in [0, 1], same layout; the inverse of ``quantize``."""
-    return x.float().div_(255.0)
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1]."""
-    return dequantize(images.permute(0, 3, 1, 2))
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return (x - PIXEL_MEAN) / PIXEL_STD
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] -> uint8, rounded to the nearest of 256 levels."""
-    return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def model_views(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch the methods train on: uint8 ``view_*`` images (the numpy path's) -> normalized float.
-
-    Float views (from ``apply``) and other columns pass through unchanged, so every method's
-    ``training_step`` calls it, whichever path made the views. Runs on the tensors' device; numpy
-    views (the policy's own output, without Ray Data's conversion) become tensors first.
-    """
-    out = {}
-    for k, v in batch.items():
-        if k.startswith("view_"):
-            v = torch.from_numpy(v) if isinstance(v, np.ndarray) else v  # the numpy path, used without Ray
-            v = normalize(dequantize(v)) if v.dtype == torch.uint8 else v
-        out[k] = v
-    return out
-
-
-def model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Un-augmented model input for probes: uint8 (N, H, W, C) -> normalized float (N, C, H, W)."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    return normalize(to_float(images))
+from ssl_models.views._registry import register_views
+from ssl_models.views.pixels import normalize, quantize, to_float
 
 
 @dataclass(frozen=True)
@@ -109,7 +41,8 @@ def _for_view(p: float | Sequence[float], index: int) -> float:
     return float(p[min(index, len(p) - 1)])
 
 
-def _generator(device: torch.device, seed: int | None) -> torch.Generator:
+def view_generator(device: torch.device, seed: int | None) -> torch.Generator:
+    """A generator on ``device``, seeded with ``seed`` (a test's fixed draws) or at random (new draws every call)."""
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
     return gen
@@ -181,14 +114,14 @@ class MultiViewPolicy:
 
     def unit_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views in [0, 1] of uint8 images (N, H, W, C) on any device, before normalization."""
-        gen = _generator(images.device, self.seed)
+        gen = view_generator(images.device, self.seed)
         x = to_float(images)
         return {f"view_{i}": self.view(x, gen, index=i) for i in range(self.num_views)}
 
     def views_from_crops(self, crops: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Views in [0, 1] from each view's crop of the original (uint8 (N, H, W, C), as ``crop_specs`` asked):
         the flip and the colour steps; the crop was made when the original was decoded."""
-        gen = _generator(crops[0].device, self.seed)
+        gen = view_generator(crops[0].device, self.seed)
         views = {}
         for i, crop in enumerate(crops):
             x = augment.horizontal_flip(to_float(crop), gen, p=self.flip_p)

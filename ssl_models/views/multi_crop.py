@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ssl_models.views import CropSpec, MultiViewPolicy, _generator, register_views, to_float
+from ssl_models.views._registry import register_views
+from ssl_models.views.multi_view import CropSpec, MultiViewPolicy, view_generator
+from ssl_models.views.pixels import to_float
 
 
 def local_crop_size(image_size: int) -> int:
@@ -71,7 +73,7 @@ class MultiCropPolicy(MultiViewPolicy):
 
     def unit_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views in [0, 1] of uint8 images (N, H, W, C); ``apply`` and ``__call__`` are inherited."""
-        gen = _generator(images.device, self.seed)
+        gen = view_generator(images.device, self.seed)
         x = to_float(images)
         views = {f"view_{i}": self.view(x, gen, self.image_size, self.global_scale) for i in range(2)}
         for i in range(self.local_crops):
