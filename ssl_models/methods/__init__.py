@@ -1,6 +1,7 @@
 """Every SSL method; importing this package registers each one (``ssl_models.list_methods()``).
 
-A new method is a module here with a class under ``@register_method(name)``, imported below.
+A new method is a module here with a class under ``@register_method(name)`` that sets its
+``recipe = Recipe(...)`` (``ssl_models.recipes``), imported below.
 """
 
 from ssl_models.methods import (  # noqa: F401  (imported to register)

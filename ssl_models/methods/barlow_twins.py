@@ -8,6 +8,7 @@ from ssl_models.heads import ProjectionHead
 from ssl_models.losses import barlow_twins
 from ssl_models.methods.base import SSLMethod
 from ssl_models.proxy import nearest_neighbour_accuracy
+from ssl_models.recipes import Recipe
 from ssl_models.registry import register_method
 
 PAPER_LAMBDA, PAPER_WIDTH = 5e-3, 8192  # lambda_ as tuned in the paper, for its projector width
@@ -30,6 +31,20 @@ class BarlowTwins(SSLMethod):
     ``proxy_acc``: how often the projection of the other view of the same image is the nearest
     (cosine) among the batch's projections of that view.
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2103.03230",
+        sync_batchnorm=True,
+        optimizer="lars",
+        lr=0.2,
+        weight_decay=1.5e-6,
+        bias_lr_scale=0.024,  # 0.0048 / 0.2
+        warmup_share=0.1,
+        cpu_kwargs={"projection_dim": 1024, "hidden_dim": 1024},
+        notes="As published: LARS, lr 0.2 for weights and 0.0048 for biases and norms (x B/256), wd 1.5e-6, "
+        "10 warm-up epochs of 1000. The loss sums over D dimensions, so SGD's step grows with D; LARS "
+        "normalizes it per layer. Projector 8192-8192-8192 -> 1024 on CPUs; lambda scales as 5e-3 x 8192 / D.",
+    )
 
     def __init__(
         self,

@@ -20,18 +20,21 @@ import torch
 from torch import nn
 
 from ssl_models.backbones import create_backbone
+from ssl_models.recipes import Recipe
 from ssl_models.views import create_views, model_views
 
 
 class SSLMethod(nn.Module):
     """Base class: ``encoder`` + heads + loss, trained by ``training_step``.
 
-    Subclasses set ``view_policy`` (the name passed to ``create_views``) and
-    implement ``training_step(batch) -> {"loss": ..., "proxy_acc": ...}`` on normalized float
+    Subclasses set ``recipe`` (their paper's training recipe), ``view_policy`` (the name passed to
+    ``create_views``) and implement ``training_step(batch) -> {"loss": ..., "proxy_acc": ...}`` on normalized float
     views; the base class makes every ``training_step`` accept uint8 views too.
     """
 
     method_name: str = ""
+    # The paper's training recipe (``rayssl recipe NAME``): every registered method sets its own.
+    recipe: Recipe | None = None
     view_policy: str = "multi_view"
     num_views: int = 2
     # Contrastive losses need at least two images per worker batch.

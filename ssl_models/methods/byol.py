@@ -9,6 +9,7 @@ from ssl_models.losses import negative_cosine
 from ssl_models.methods.base import SSLMethod
 from ssl_models.momentum import cosine_momentum, ema_update, frozen_copy
 from ssl_models.proxy import nearest_neighbour_accuracy
+from ssl_models.recipes import SHARED_SGD, Recipe
 from ssl_models.registry import register_method
 
 
@@ -31,6 +32,14 @@ class BYOL(SSLMethod):
     nearest (cosine) to an online prediction among the batch's target projections, averaged
     over both directions.
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2006.07733",
+        sync_batchnorm=True,
+        **SHARED_SGD,
+        notes="Paper: LARS lr 0.2 x B/256, wd 1.5e-6, batch 4096, 1% warm-up; not yet measured here against the "
+        "shared SGD recipe. Views as in the paper: blur 1.0 / 0.1, solarization 0 / 0.2 (BYOL.view_kwargs).",
+    )
 
     # The paper's views differ (table 6): blur always on view 1, with p 0.1 on view 2; solarization only on view 2.
     view_kwargs = {"blur_p": (1.0, 0.1), "solarize_p": (0.0, 0.2)}

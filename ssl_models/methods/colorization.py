@@ -9,6 +9,7 @@ from torch import nn
 from ssl_models.heads import ProjectionHead
 from ssl_models.methods.base import SSLMethod
 from ssl_models.pretext import chroma_target, gray_input
+from ssl_models.recipes import SHARED_SGD, Recipe
 from ssl_models.registry import register_method
 
 
@@ -46,6 +47,8 @@ class Colorization(SSLMethod):
     ``proxy_acc``: fraction of target pixels whose predicted chroma is within
     ``tolerance`` (Euclidean, in normalized [-1, 1] pixel units; 0.1 is 5% of the range).
     """
+
+    recipe = Recipe(paper="https://arxiv.org/abs/1603.08511", **SHARED_SGD, notes="Paper: Adam; the shared SGD one.")
 
     num_views = 1
     requires_rgb = True

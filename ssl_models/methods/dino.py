@@ -11,6 +11,7 @@ from ssl_models.distributed import world_size
 from ssl_models.losses import dino_loss
 from ssl_models.methods.base import SSLMethod
 from ssl_models.momentum import cosine_momentum, ema_update, frozen_copy
+from ssl_models.recipes import SHARED_SGD, Recipe
 from ssl_models.registry import register_method
 
 
@@ -65,6 +66,13 @@ class DINO(SSLMethod):
     ``proxy_acc``: fraction of samples for which the student's most likely output on one
     global crop is the centred teacher's on the other global crop (both crop pairs).
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2104.14294",
+        **SHARED_SGD,
+        notes="Paper: AdamW lr 5e-4 x B/256 for ViTs, wd 0.04 -> 0.4; its ResNet-50 runs use LARS/SGD. "
+        "The CPU backbone is a ConvNet, so the SGD recipe.",
+    )
 
     view_policy = "multi_crop"
     num_views = 6  # 2 global + 4 local crops, the default; instances with other counts set their own

@@ -16,6 +16,7 @@ from ssl_models.losses import ibot_loss
 from ssl_models.methods.base import SSLMethod
 from ssl_models.methods.dino import DINOHead
 from ssl_models.momentum import cosine_momentum, ema_update, frozen_copy
+from ssl_models.recipes import Recipe
 from ssl_models.registry import register_method
 from ssl_models.views import local_crop_size
 
@@ -148,6 +149,20 @@ class IBOT(SSLMethod):
     ``proxy_acc``: fraction of samples for which the student's most likely [CLS] output on one
     global crop is the centred teacher's on the other (both crop pairs), as DINO's.
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2111.07832",
+        optimizer="adamw",
+        lr=5e-4,
+        weight_decay=0.04,
+        momentum=0.9,
+        beta2=0.999,
+        warmup_share=0.1,
+        cpu_kwargs={"hidden_dim": 512, "out_dim": 1024},
+        notes="The authors' main_ibot.py: AdamW lr 5e-4 x B/256, 10 warm-up epochs of 100, cosine to 1e-6. Their "
+        "weight decay rises 0.04 -> 0.4 (cosine); here it stays at 0.04. Gradient clipping at 3.0 is not done. "
+        "Head 2048 hidden x 4096 outputs (paper 8192) -> 512 x 1024 on CPUs: the head runs on every patch token.",
+    )
 
     view_policy = "multi_crop"
     num_views = 2  # global crops; instances with local crops set their own

@@ -9,6 +9,7 @@ from ssl_models.heads import ProjectionHead
 from ssl_models.losses import masked_mse
 from ssl_models.methods.base import SSLMethod
 from ssl_models.pretext import mask_images, square_masks
+from ssl_models.recipes import SHARED_SGD, Recipe
 from ssl_models.registry import register_method
 
 MASK_POSITIONS = ("center", "random")
@@ -31,6 +32,8 @@ class Inpainting(SSLMethod):
     ``proxy_acc``: fraction of hidden pixel values (per channel) reconstructed within
     ``tolerance`` (0.1 in normalized [-1, 1] units, i.e. 5% of the range).
     """
+
+    recipe = Recipe(paper="https://arxiv.org/abs/1604.07379", **SHARED_SGD, notes="Paper: Adam; the shared SGD one.")
 
     num_views = 1
     # The decoder's BatchNorm needs two images per worker.

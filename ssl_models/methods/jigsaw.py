@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ssl_models.heads import ProjectionHead
 from ssl_models.methods.base import SSLMethod
 from ssl_models.pretext import crop_patches, grid_corners, jigsaw_permutations, shuffle_tiles, standardize_patches
+from ssl_models.recipes import SHARED_SGD, Recipe
 from ssl_models.registry import register_method
 
 
@@ -30,6 +31,8 @@ class Jigsaw(SSLMethod):
 
     ``proxy_acc``: accuracy of the permutation classifier.
     """
+
+    recipe = Recipe(paper="https://arxiv.org/abs/1603.09246", **SHARED_SGD, notes="The shared SGD recipe.")
 
     num_views = 1
     # The head's BatchNorm needs two puzzles per worker.

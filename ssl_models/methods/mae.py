@@ -8,6 +8,7 @@ from torch import nn
 from ssl_models.backbones.vit import VisionTransformer, init_vit_weights, patchify, sincos_pos_embed_2d, transformer_blocks
 from ssl_models.losses import mae_loss, mae_pixel_targets
 from ssl_models.methods.base import SSLMethod
+from ssl_models.recipes import Recipe
 from ssl_models.registry import register_method
 
 
@@ -104,6 +105,18 @@ class MAE(SSLMethod):
     ``proxy_acc``: fraction of masked patches whose reconstruction error is below
     the error of predicting the patch as flat at its own mean (see ``masked_patch_accuracy``).
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2111.06377",
+        optimizer="adamw",
+        lr=1.5e-4,
+        weight_decay=0.05,
+        momentum=0.9,
+        beta2=0.95,
+        warmup_share=0.05,
+        notes="As published: AdamW lr 1.5e-4 x B/256, betas (0.9, 0.95), wd 0.05 (none on norms, biases and "
+        "tokens), 40 warm-up epochs of 800, cosine.",
+    )
 
     num_views = 1
     min_batch_per_worker = 1  # the loss is per sample: no negatives needed

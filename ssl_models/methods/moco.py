@@ -12,6 +12,7 @@ from ssl_models.losses import moco_infonce
 from ssl_models.methods.base import SSLMethod
 from ssl_models.momentum import cosine_momentum, ema_update, frozen_copy
 from ssl_models.queues import enqueue_from_every_worker
+from ssl_models.recipes import Recipe
 from ssl_models.registry import register_method
 
 
@@ -47,6 +48,14 @@ class MoCo(SSLMethod):
 
     ``proxy_acc``: fraction of queries whose positive key scores higher than every queued key.
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2003.04297",
+        optimizer="sgd",
+        lr=0.03,
+        weight_decay=1e-4,
+        notes="MoCo v2 as published: SGD lr 0.03 for batch 256, wd 1e-4, cosine; its warm-up is none (here 10%).",
+    )
 
     def __init__(
         self,

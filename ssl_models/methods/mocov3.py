@@ -11,6 +11,7 @@ from ssl_models.backbones.vit import VisionTransformer
 from ssl_models.losses import mocov3_contrastive_loss
 from ssl_models.methods.base import SSLMethod
 from ssl_models.momentum import cosine_momentum, ema_update, frozen_copy
+from ssl_models.recipes import Recipe
 from ssl_models.registry import register_method
 
 
@@ -70,6 +71,20 @@ class MoCoV3(SSLMethod):
 
     ``proxy_acc``: fraction of queries whose positive key ranks first among all gathered keys.
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2104.02057",
+        sync_batchnorm=True,
+        optimizer="lars",
+        lr=0.6,
+        weight_decay=1e-6,
+        momentum=0.9,
+        warmup_share=0.1,
+        notes="The authors' ResNet recipe (main_moco.py, CONFIG.md, 100 epochs): LARS lr 0.6 x B/256 (0.3 for 300+ "
+        "epochs), wd 1e-6, momentum 0.9, 10 warm-up epochs of 100, cosine, SyncBN. Their ViT recipe differs: AdamW "
+        "lr 1.5e-4 x B/256, wd 0.1, 40 warm-up epochs of 300; with method.backbone=vit_tiny set optim.name=adamw, "
+        "optim.lr=1.5e-4, optim.weight_decay=0.1 (one recipe per method; the CPU default is small_cnn).",
+    )
 
     def __init__(
         self,

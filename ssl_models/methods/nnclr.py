@@ -9,6 +9,7 @@ from torch import nn
 from ssl_models.losses import nearest_neighbours, nnclr_loss
 from ssl_models.methods.base import SSLMethod
 from ssl_models.queues import enqueue_from_every_worker
+from ssl_models.recipes import Recipe
 from ssl_models.registry import register_method
 
 
@@ -60,6 +61,20 @@ class NNCLR(SSLMethod):
     ``proxy_acc``: fraction of samples whose neighbour scores its own other-view prediction
     highest among the batch's predictions (both views).
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2104.14548",
+        sync_batchnorm=True,
+        optimizer="lars",
+        lr=0.3,
+        weight_decay=1e-6,
+        momentum=0.9,
+        warmup_share=0.01,
+        cpu_kwargs={"hidden_dim": 1024, "prediction_hidden_dim": 1024},
+        notes="As published: LARS lr 0.3 x B/256 (batch 4096), wd 1e-6, 10 warm-up epochs of 1000, cosine. "
+        "Support set 4,096 (paper: 98,304 at batch 4096). Projector 2048-2048-256 and predictor 4096-256 "
+        "become 1024-1024-256 and 1024-256 on CPUs.",
+    )
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ssl_models.heads import ProjectionHead
 from ssl_models.methods.base import SSLMethod
 from ssl_models.pretext import relative_position_pairs
+from ssl_models.recipes import SHARED_SGD, Recipe
 from ssl_models.registry import register_method
 
 
@@ -29,6 +30,8 @@ class RelativePosition(SSLMethod):
 
     ``proxy_acc``: accuracy of the 8-way position classifier.
     """
+
+    recipe = Recipe(paper="https://arxiv.org/abs/1505.05192", **SHARED_SGD, notes="The shared SGD recipe.")
 
     num_views = 1
     # The head's BatchNorm needs two pairs per worker.

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ssl_models.heads import ProjectionHead
 from ssl_models.methods.base import SSLMethod
 from ssl_models.pretext import all_rotations, random_rotations
+from ssl_models.recipes import SHARED_SGD, Recipe
 from ssl_models.registry import register_method
 
 
@@ -24,6 +25,12 @@ class Rotation(SSLMethod):
 
     ``proxy_acc``: rotation accuracy over the batch.
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/1803.07728",
+        **SHARED_SGD,
+        notes="Paper: SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128 (x4 rotations); the shared SGD one.",
+    )
 
     num_views = 1
     # The head's BatchNorm needs two rows per worker when all_rotations is off.

@@ -7,6 +7,7 @@ import torch
 from ssl_models.heads import SimCLRProjectionHead
 from ssl_models.losses import nt_xent
 from ssl_models.methods.base import SSLMethod
+from ssl_models.recipes import SHARED_SGD, Recipe
 from ssl_models.registry import register_method
 
 
@@ -18,6 +19,14 @@ class SimCLR(SSLMethod):
     lr = 0.3 x batch / 256, 10 warm-up epochs then cosine decay, weight decay 1e-6.
     Negatives are gathered from every worker (see ``ssl_models.losses.nt_xent``).
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2002.05709",
+        sync_batchnorm=True,
+        **SHARED_SGD,
+        notes="Paper: LARS, lr 0.3 x B/256 (ImageNet; 1.0 with B=512 on CIFAR-10), wd 1e-6, 10 warm-up epochs. "
+        "LARS pays off at batch 4096; at batch 256 on CPUs, SGD with momentum is the solo-learn CIFAR setting.",
+    )
 
     def __init__(
         self,

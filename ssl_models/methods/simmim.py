@@ -11,6 +11,7 @@ from ssl_models.backbones.vit import VisionTransformer, patchify
 from ssl_models.losses import simmim_loss
 from ssl_models.methods.base import SSLMethod
 from ssl_models.methods.mae import masked_patch_accuracy
+from ssl_models.recipes import Recipe
 from ssl_models.registry import register_method
 
 # The paper's masks: 32 px squares on 192 px images (a sixth of the side); 32 px on 224 px for ViT-B/16.
@@ -70,6 +71,19 @@ class SimMIM(SSLMethod):
     ``proxy_acc``: fraction of masked patches reconstructed better than a flat patch at their own mean
     (``ssl_models.methods.mae.masked_patch_accuracy``, on raw pixels).
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2111.09886",
+        optimizer="adamw",
+        lr=1e-4,
+        weight_decay=0.05,
+        momentum=0.9,
+        beta2=0.999,
+        warmup_share=0.1,
+        notes="The authors' 100-epoch recipe (configs/*__100ep: AdamW lr 2e-4 x B/512, betas (0.9, 0.999), wd 0.05, "
+        "10 warm-up epochs, cosine); their 800-epoch ViT-B run uses 1e-4 x B/512 with a step decay. Not here: "
+        "gradient clipping at 5 and drop path 0.1. Masks of one 4 px patch at 28-32 px (paper: 32 px at 192-224 px).",
+    )
 
     num_views = 1
     min_batch_per_worker = 1  # the loss is per sample: no negatives needed

@@ -9,6 +9,7 @@ from ssl_models.heads import ProjectionHead
 from ssl_models.losses import negative_cosine
 from ssl_models.methods.base import SSLMethod
 from ssl_models.proxy import nearest_neighbour_accuracy
+from ssl_models.recipes import Recipe
 from ssl_models.registry import register_method
 
 
@@ -41,6 +42,15 @@ class SimSiam(SSLMethod):
     ``proxy_acc``: how often the projection of the other view of the same image is the nearest
     (cosine) to a prediction among the batch's projections, averaged over both directions.
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2011.10566",
+        sync_batchnorm=True,
+        optimizer="sgd",
+        lr=0.05,
+        weight_decay=1e-4,
+        notes="As published: SGD lr 0.05 x B/256, wd 1e-4, cosine, no warm-up (here 10%); its CIFAR recipe uses wd 5e-4.",
+    )
 
     def __init__(
         self,

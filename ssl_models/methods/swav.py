@@ -11,6 +11,7 @@ from torch import nn
 from ssl_models.distributed import world_size
 from ssl_models.losses import swapped_prediction_loss, swav_codes
 from ssl_models.methods.base import SSLMethod
+from ssl_models.recipes import Recipe
 from ssl_models.registry import register_method
 
 CROPS_FOR_ASSIGN = (0, 1)  # the two global crops give the codes, as in the paper
@@ -58,6 +59,20 @@ class SwAV(SSLMethod):
     ``proxy_acc``: fraction of samples whose prediction from one global crop (argmax of its
     scores) is the prototype the other global crop's code puts most weight on (both pairs).
     """
+
+    recipe = Recipe(
+        paper="https://arxiv.org/abs/2006.09882",
+        sync_batchnorm=True,
+        optimizer="lars",
+        lr=0.6,
+        weight_decay=1e-6,
+        momentum=0.9,
+        warmup_share=0.0,
+        notes="The authors' batch-256 recipe (scripts/swav_200ep_bs256_pretrain.sh): LARS lr 0.6 (cosine to 0.0006), "
+        "wd 1e-6, no warm-up, sync BN, queue 3840 from epoch 15 of 200, prototypes frozen for 1 epoch (5005 steps; "
+        "313 at batch 4096, the method's default). Their LARC adapts biases and norms too; here those train at "
+        "the plain rate. 2 global + 4 local crops (the paper: 6); the paper's head sizes fit 2 CPU cores.",
+    )
 
     view_policy = "multi_crop"
     num_views = 6  # 2 global + 4 local crops, the default; instances with other counts set their own

@@ -7,6 +7,7 @@ import torch
 from ssl_models.heads import ProjectionHead
 from ssl_models.losses import triplet, triplet_distances
 from ssl_models.methods.base import SSLMethod
+from ssl_models.recipes import SHARED_SGD, Recipe
 from ssl_models.registry import register_method
 
 
@@ -29,6 +30,8 @@ class Triplet(SSLMethod):
 
     ``proxy_acc``: fraction of triplets with d(anchor, positive) < d(anchor, negative).
     """
+
+    recipe = Recipe(paper="https://arxiv.org/abs/1503.03832", **SHARED_SGD, notes="No SSL paper recipe; the shared SGD one.")
 
     def __init__(
         self,

@@ -8,22 +8,35 @@ import torch
 
 import ssl_models
 from pipelines.data import read_fashion_mnist
+from ssl_models import recipes
 from ssl_models.optim import build_optimizer, set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE, method_recipe
 from ssl_models.schedules import warmup_steps
 
 
 @pytest.mark.parametrize("name", ssl_models.list_methods())
-def test_every_method_has_a_recipe_with_its_paper(name):
+def test_every_method_has_its_own_recipe_with_its_paper(name):
+    cls = ssl_models.method_class(name)
     recipe = method_recipe(name)
+    assert cls.__dict__["recipe"] is recipe  # beside the method, on its own class (not inherited)
     assert recipe.paper.startswith("https://arxiv.org/abs/")
     assert recipe.optimizer in ("sgd", "lars", "adamw") and recipe.lr > 0 and recipe.notes
     assert 0 <= recipe.warmup_share <= MAX_WARMUP_SHARE
-    # the recipe's CPU head sizes are arguments the method takes
-    cls = ssl_models.method_class(name)
+    # the recipe's CPU head sizes are arguments the method takes, and they size its heads
+    assert set(recipe.cpu_kwargs) <= set(ssl_models.method_arguments(name))
     channels = 3 if cls.requires_rgb else 1
     method = ssl_models.create_method(name, backbone=cls.tiny_backbone, in_channels=channels, image_size=32, **recipe.cpu_kwargs)
-    assert isinstance(method, torch.nn.Module)
+    widths = {size for p in method.parameters() for size in p.shape}
+    assert {v for v in recipe.cpu_kwargs.values() if isinstance(v, int)} <= widths
+
+
+def test_a_method_without_a_recipe_of_its_own_fails_loudly(monkeypatch):
+    class VICRegVariant(ssl_models.method_class("vicreg")):  # inherits VICReg's recipe, which does not count
+        pass
+
+    monkeypatch.setattr(recipes, "method_class", lambda name: VICRegVariant)
+    with pytest.raises(ValueError, match=r"^method 'vicreg_variant' has no recipe; give its class one"):
+        method_recipe("vicreg_variant")
 
 
 def test_warm_up_never_exceeds_its_share_of_the_run():
