@@ -24,7 +24,7 @@ import ray
 import ray.data
 from train_overhead import make_views, run_rayssl
 
-from pipelines.config import build_config
+from pipelines.config import build_config, resolve
 from pipelines.data import read_manifest
 
 
@@ -55,14 +55,12 @@ def main() -> None:
         f"tracking.runs_dir={runs_dir}",
     ]
     in_memory_overrides = [*overrides, "data.shuffle_buffer=0"]
-    cfg = build_config({}, in_memory_overrides)
-    cfg.data.shards = str(Path(cfg.data.shards).resolve())
+    cfg = resolve(build_config({}, in_memory_overrides))  # fit() takes a resolved config (absolute paths, recipe)
     manifest = read_manifest(cfg.data.shards)
     in_memory_views = make_views(cfg, manifest, args.images)
-    streamed_cfg = build_config(
-        {}, [*overrides, f"data.augment_on={args.augment_on}", f"data.shuffle_buffer={args.shuffle_buffer}"]
+    streamed_cfg = resolve(
+        build_config({}, [*overrides, f"data.augment_on={args.augment_on}", f"data.shuffle_buffer={args.shuffle_buffer}"])
     )
-    streamed_cfg.data.shards = cfg.data.shards
     ray.init(num_gpus=args.workers if args.gpu else 0, include_dashboard=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     runs: dict[str, list[dict]] = {"in memory": [], "streamed": []}

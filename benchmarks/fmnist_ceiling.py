@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/fmnist_ceiling.py [--epochs 4] [--train-images 30000] [--variants default,jitter08]
 
 One process, no Ray: views are made in the training process with the same batched augmentations
-(`ssl_models`), the same recipe (`with_recipe`), optimizer, schedule and probes as `rayssl pretrain`,
+(`ssl_models`), the same recipe (`config.resolve`), optimizer, schedule and probes as `rayssl pretrain`,
 so that many variants fit in minutes. Each variant prints its linear and kNN top-1 and RankMe after
 every epoch. The `supervised` rows train the same backbone with labels (cross-entropy, light crops)
 for the same number of images, then probe its frozen features with the same linear probe: the most
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.build import build_method, build_method_optimizer, view_policy
-from pipelines.config import build_config, with_recipe
+from pipelines.config import build_config, resolve
 from pipelines.data import load_labeled, read_manifest
 from pipelines.evaluate import extract_features
 from ssl_models.backbones import SmallCNN, register_backbone
@@ -58,7 +58,7 @@ def probe(encoder, data) -> dict[str, float]:
 
 def simclr(name: str, args, data, images: torch.Tensor) -> float:
     cfg = build_config({}, [f"data.shards={args.shards}", f"train.epochs={args.epochs}", "method.name=simclr", *VARIANTS[name]])
-    cfg, _ = with_recipe(cfg)
+    cfg = resolve(cfg)
     manifest = read_manifest(args.shards)
     torch.manual_seed(args.seed)
     method = build_method(cfg, manifest)

@@ -57,7 +57,7 @@ def child(shards: str, epochs: int) -> None:
     import ray
 
     from pipelines import tracking
-    from pipelines.config import build_config
+    from pipelines.config import build_config, resolve
     from pipelines.data import read_manifest
     from pipelines.train import fit
 
@@ -72,6 +72,7 @@ def child(shards: str, epochs: int) -> None:
             f"tracking.runs_dir={runs_dir}",
         ],
     )
+    cfg = resolve(cfg)  # fit() takes a resolved config
     manifest = read_manifest(shards)
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     sampler = RaySampler()

@@ -30,7 +30,7 @@ import ssl_models
 from pipelines import tracking
 from pipelines.cluster import ensure_ray
 from pipelines.compare import mean_spread
-from pipelines.config import build_config, with_recipe
+from pipelines.config import build_config, resolve
 from pipelines.data import read_manifest
 from pipelines.report import format_table
 from pipelines.shard import write_shards
@@ -92,7 +92,7 @@ def finished_run(uri: str, name: str, seed: int, args) -> dict | None:
 
 def recipe_summary(cfg) -> str:
     """The backbone, optimizer and head width the method's recipe resolves to, for the table."""
-    resolved, _ = with_recipe(cfg)
+    resolved = resolve(cfg)
     width = resolved.method.projection_dim
     head = f", {width}-d head" if width else ""
     return f"{resolved.method.backbone}, {resolved.optim.name} {resolved.optim.lr:g}{head}"

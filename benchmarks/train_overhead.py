@@ -33,7 +33,7 @@ from procs import RaySampler, cpu_seconds, ray_processes
 
 from pipelines import tracking
 from pipelines.build import build_method, build_method_optimizer, view_policy
-from pipelines.config import Config, build_config, with_recipe
+from pipelines.config import Config, build_config, resolve
 from pipelines.data import load_labeled, read_manifest
 from pipelines.train import fit
 from ssl_models.optim import set_learning_rate
@@ -52,7 +52,7 @@ def plain_worker(rank: int, world: int, port: int, views: dict, cfg_json: dict, 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    cfg, _ = with_recipe(Config.model_validate(cfg_json))
+    cfg = Config.model_validate(cfg_json)  # resolved in main(): the recipe's optimizer and head sizes
     torch.manual_seed(cfg.train.seed + rank)
     method = build_method(cfg, manifest)
     optimizer = build_method_optimizer(cfg, method)
@@ -153,7 +153,7 @@ def main() -> None:
             f"tracking.runs_dir={runs_dir}",
         ],
     )
-    cfg.data.shards = str(Path(cfg.data.shards).resolve())
+    cfg = resolve(cfg)  # fit() takes a resolved config; its paths are absolute for the workers
     manifest = read_manifest(cfg.data.shards)
     views = make_views(cfg, manifest, args.images)
     ray.init(num_cpus=args.workers, include_dashboard=True, log_to_driver=False)

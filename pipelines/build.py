@@ -1,7 +1,8 @@
 """The one adapter from a rayssl config to ``ssl_models``: the method, its views, its optimizer.
 
 Training, the probes, the preview, Tune and the benchmarks all build through here, so a config
-field reaches PyTorch in one place.
+field reaches PyTorch in one place. Each function builds from the config as it is given: a run's
+config was resolved where it entered (``config.resolve``: the recipe's optimizer and head sizes).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 import ssl_models
-from pipelines.config import Config, with_recipe
+from pipelines.config import Config
 from pipelines.data import resolve_uri
 from ssl_models.optim import build_optimizer
 
@@ -58,7 +59,7 @@ def view_policy(cfg: Config, manifest: dict, method=None):
     """The views ``method`` trains on, from ``data.augment`` and what the method's paper fixes per view."""
     # The built method, not its class: an argument such as DINO's num_local_crops sets its views.
     # A worker passes the method it already built rather than building a second one.
-    method = method if method is not None else build_method(with_recipe(cfg)[0], manifest)
+    method = method if method is not None else build_method(cfg, manifest)
     # what the method's paper fixes per view wins over data.augment (validate() says so)
     size = view_size(cfg, manifest)
     augment = cfg.data.augment.model_dump()
@@ -74,7 +75,7 @@ def blur_sigma_for(size: int) -> tuple[float, float]:
 
 
 def build_method_optimizer(cfg: Config, method) -> torch.optim.Optimizer:
-    """The optimizer of a resolved config (``with_recipe``) for ``method``'s parameters."""
+    """The optimizer of a resolved config (``config.resolve``: the recipe's optimizer) for ``method``'s parameters."""
     o = cfg.optim
     return build_optimizer(o.name, method, o.lr, o.weight_decay, o.momentum, o.beta2, o.bias_lr_scale)
 

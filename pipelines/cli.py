@@ -110,13 +110,13 @@ def cmd_recipe(args) -> int:
     """Print a method's recipe and what a run will use: with ``--config``, that config's run of the method."""
     from dataclasses import fields
 
-    from pipelines.config import load_config, with_recipe
+    from pipelines.config import load_config, resolve
     from ssl_models.recipes import MAX_WARMUP_SHARE, method_recipe
 
     overrides = [f"method.name={args.name}", *(args.set or [])]
     if args.epochs is not None or args.config is None:
         overrides.append(f"train.epochs={args.epochs or 10}")
-    cfg, taken = with_recipe(load_config(args.config, overrides))
+    cfg = resolve(load_config(args.config, overrides))
     recipe = method_recipe(cfg.method.name)
     flat = cfg.flat()
     print(f"{args.name}: {recipe.paper}")
@@ -126,7 +126,7 @@ def cmd_recipe(args) -> int:
     print(f"  {'max warm-up':15} {MAX_WARMUP_SHARE:.0%} of the run")
     where = "GPUs" if cfg.train.use_gpu else "CPUs"
     print(f"resolved for {cfg.train.epochs} epochs on {where} (set any of these with --set to override):")
-    for key in taken:
+    for key in cfg.from_recipe:
         print(f"  {key} = {flat.get(key, cfg.method.kwargs.get(key.rsplit('.', 1)[-1]))}")
     if args.config:
         d = cfg.data
@@ -275,11 +275,10 @@ def cmd_embed(args) -> int:
 
 
 def cmd_preview(args) -> int:
-    from pipelines.data import resolve_uri
+    from pipelines.config import resolve
     from pipelines.preview import preview
 
-    cfg = _load(args)
-    cfg.data.shards = resolve_uri(cfg.data.shards)
+    cfg = resolve(_load(args))
     print(f"wrote {preview(cfg, args.out, images=args.images)}")
     return 0
 

@@ -166,6 +166,10 @@ class Config(_Strict):
     probe: ProbeConfig = ProbeConfig()
     tracking: TrackingConfig = TrackingConfig()
     faults: FaultConfig = FaultConfig()
+    # Set by resolve(), never by a user (build_config refuses it): the fields the method's recipe filled, and the
+    # mark of a resolved config (None: not resolved). Kept out of model_dump, so out of the MLflow params, the
+    # config.yaml artifact and checkpoints; the run's rayssl.from_recipe tag records it.
+    from_recipe: list[str] | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _batch_fits_the_method(self):
@@ -181,9 +185,8 @@ class Config(_Strict):
         return self
 
     def storage(self, *parts: str) -> str:
-        """Absolute folder or URI under ``tracking.storage_path`` (default ``runs_dir``) for Ray's state."""
-        root = self.tracking.storage_path or self.tracking.runs_dir
-        root = root if "://" in root else str(Path(root).expanduser().resolve())
+        """The folder or URI under ``tracking.storage_path`` (default ``runs_dir``) for Ray's state."""
+        root = self.tracking.storage_path or self.tracking.runs_dir  # absolute once resolve() ran
         return "/".join([root.rstrip("/"), *parts])
 
     def flat(self) -> dict[str, Any]:
@@ -202,17 +205,53 @@ RECIPE_FIELDS = {
 }
 
 
-def with_recipe(cfg: Config) -> tuple[Config, list[str]]:
-    """A copy of ``cfg`` with every unset field taken from its method's recipe; also the names of those fields.
+def resolve(cfg: Config) -> Config:
+    """The config a run trains with: its method's recipe applied, every local path absolute, ``from_recipe`` set.
+
+    Called once, where a config enters: the CLI, ``trial_config`` (each trial resolves its own method's
+    recipe), and ``train.pretrain`` for library callers (benchmarks, tests) that build a config themselves.
+    Below those, functions take the config as it is given. A resolved config comes back unchanged, so
+    resolving twice is harmless; resolve a config once it is complete (a recipe follows ``method.name``).
+    """
+    if cfg.from_recipe is not None:
+        return cfg
+    tree = absolute_paths(cfg).model_dump(mode="json")
+    taken = _apply_recipe(tree, cfg)
+    return Config.model_validate({**tree, "from_recipe": taken})
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose local paths are absolute: Ray workers and Tune trials run in other folders.
+
+    URIs (``s3://``...) stay as they are; ``method.init_from`` only when it names a local file (not a run id
+    or ``models:/``). A search's base config takes only this: each trial applies its own method's recipe.
+    """
+    out = cfg.model_copy(deep=True)
+    d, t = out.data, out.tracking
+    d.shards = absolute(d.shards)
+    out.probe.shards = absolute(out.probe.shards) if out.probe.shards else None
+    t.runs_dir = absolute(t.runs_dir)
+    t.storage_path = absolute(t.storage_path) if t.storage_path else None
+    source = out.method.init_from
+    if source and "://" not in source and Path(source).expanduser().exists():
+        out.method.init_from = absolute(source)
+    return out
+
+
+def absolute(path_or_uri: str) -> str:
+    """An absolute local path, or the URI unchanged (``s3://``, ``gs://``, ...)."""
+    return path_or_uri if "://" in path_or_uri else str(Path(path_or_uri).expanduser().resolve())
+
+
+def _apply_recipe(tree: dict[str, Any], cfg: Config) -> list[str]:
+    """Fill every unset field of the config ``tree`` from ``cfg``'s method recipe; returns the fields filled.
 
     Fields the user set stay. On CPUs the recipe's head sizes (``method.projection_dim``,
-    ``method.hidden_dim`` and method kwargs) apply where the user set none. Calling it on a
-    resolved config changes nothing, so every stage can call it.
+    ``method.hidden_dim`` and method kwargs) apply where the user set none.
     """
     from ssl_models.recipes import method_recipe
 
     recipe = method_recipe(cfg.method.name)
-    tree = cfg.model_dump(mode="json")
     taken = []
     for key, attribute in RECIPE_FIELDS.items():
         section, name = key.split(".")
@@ -236,7 +275,7 @@ def with_recipe(cfg: Config) -> tuple[Config, list[str]]:
             elif name not in tree["method"]["kwargs"]:
                 tree["method"]["kwargs"][name] = value
                 taken.append(f"method.kwargs.{name}")
-    return Config.model_validate(tree), taken
+    return taken
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -287,6 +326,8 @@ def _describe(err: ValidationError) -> str:
 def build_config(tree: dict[str, Any] | None = None, overrides: list[str] | None = None, source: str = "config") -> Config:
     """Validate a config tree plus ``key=value`` overrides; ``ConfigError`` names the bad field."""
     tree = apply_overrides(dict(tree or {}), overrides or [])
+    if "from_recipe" in tree:
+        raise ConfigError(f"{source}: from_recipe: set by rayssl (the fields a method's recipe filled), not a setting")
     try:
         return Config.model_validate(tree)
     except ValidationError as err:

@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipelines.config import absolute as resolve_uri  # Ray workers chdir elsewhere
 from pipelines.sampling import stratified_sample
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -258,11 +259,6 @@ def as_hwc(img: Image.Image) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- reading shards
-
-
-def resolve_uri(path_or_uri: str) -> str:
-    """Absolute local path, or the URI unchanged (s3://, gs://, ...): Ray workers chdir elsewhere."""
-    return path_or_uri if "://" in path_or_uri else str(Path(path_or_uri).expanduser().resolve())
 
 
 def read_manifest(shards: str) -> dict:

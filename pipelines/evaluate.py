@@ -69,11 +69,10 @@ def check_probe_set(cfg: Config, manifest: dict) -> bool:
     """Check ``probe.shards`` against the pretraining shards (before Ray starts); True when probes have labels.
 
     A probe set must hold images the encoder takes: the same channels and image size
-    as the shards it pretrains on. Makes ``probe.shards`` absolute (Ray workers chdir).
+    as the shards it pretrains on.
     """
     probe = manifest
     if cfg.probe.shards is not None:
-        cfg.probe.shards = resolve_uri(cfg.probe.shards)
         probe = read_manifest(cfg.probe.shards)
         check_shards(cfg.probe.shards, probe)
         where = f"probe.shards={cfg.probe.shards}"

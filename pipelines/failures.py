@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Iterator
 
+from pipelines import storage
 from pipelines.config import ConfigError
 from pipelines.data import DataError
 
@@ -62,16 +63,19 @@ def unfixable_cause(err: BaseException | None) -> Exception | None:
 
 
 @contextlib.contextmanager
-def unfixable_errors_in_one_line() -> Iterator[None]:
-    """Re-raise a ``DataError``/``ConfigError`` found behind any error inside as a fresh one-line exception.
+def one_line_errors(object_store: bool = False) -> Iterator[None]:
+    """Re-raise the error a user fixes, found behind any error inside (Ray wraps it), as a fresh one-line exception.
 
-    Used in each worker (Ray prints its traceback) and around ``fit`` on the driver (Ray wraps
-    it in a ``WorkerGroupError``). ``RAYSSL_TRACEBACK=1`` keeps the original.
+    Bad data or config (``unfixable_cause``) everywhere: in each worker (Ray prints its traceback) and
+    around ``fit`` on the driver (Ray wraps it in a ``WorkerGroupError``). ``object_store``: first an
+    object-store failure (``storage.object_store_cause``: the endpoint went away mid-run, the credentials
+    expired), on the driver only: in a worker it stays an error Ray Train may retry.
+    ``RAYSSL_TRACEBACK=1`` keeps the original.
     """
     try:
         yield
     except Exception as err:
-        cause = unfixable_cause(err)
+        cause = (object_store and storage.object_store_cause(err)) or unfixable_cause(err)
         if cause is None or os.environ.get("RAYSSL_TRACEBACK"):
             raise
         text = str(cause).strip()

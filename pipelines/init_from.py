@@ -76,13 +76,11 @@ def init_encoder(encoder: nn.Module, cfg: Config) -> None:
 
 
 def check_init_from(cfg: Config, method: nn.Module) -> None:
-    """Before Ray starts: the source exists and fits the encoder. Local paths become absolute (workers chdir)."""
+    """Before Ray starts: the source exists and fits the encoder (``config.resolve`` made a local path absolute)."""
     source = cfg.method.init_from
     if source is None:
         return
     if not checkpoint.is_remote_checkpoint(source):
-        path = Path(source).expanduser()
-        if not path.exists():
+        if not Path(source).expanduser().exists():
             raise ConfigError(f"method.init_from {source}: no such file or folder")
-        cfg.method.init_from = str(path.resolve())
     init_encoder(method.encoder, cfg)

@@ -9,10 +9,8 @@ and a write that a reader never sees half done.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -117,7 +115,9 @@ _IN_BUCKET = re.compile(r"in bucket '([^']+)'.*?(AWS Error [A-Z_]+.*)$", re.M)
 
 
 def object_store_cause(err: BaseException | None) -> StorageError | None:
-    """The object-store failure behind ``err`` (Ray Train and Ray Data wrap it, often only as text), as one line."""
+    """The object-store failure behind ``err`` (Ray Train and Ray Data wrap it, often only as text), as one line.
+
+    ``failures.one_line_errors`` raises it in place of the wrappers."""
     from pipelines.failures import error_chain
 
     for e in error_chain(err):
@@ -127,16 +127,3 @@ def object_store_cause(err: BaseException | None) -> StorageError | None:
         if found:
             return explain(f"s3://{found.group(1)}", found.group(2), None)
     return None
-
-
-@contextlib.contextmanager
-def errors_in_one_line() -> Iterator[None]:
-    """Re-raise an object-store failure found behind any error inside (the endpoint went away mid-run,
-    the credentials expired) as one ``StorageError`` line. ``RAYSSL_TRACEBACK=1`` keeps the original."""
-    try:
-        yield
-    except Exception as err:
-        cause = object_store_cause(err)
-        if cause is None or os.environ.get("RAYSSL_TRACEBACK"):
-            raise
-        raise cause from None

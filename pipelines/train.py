@@ -22,10 +22,10 @@ import ssl_models
 from pipelines import checkpoint, storage, tracking
 from pipelines.build import build_method, ignored_method_fields, view_size
 from pipelines.cluster import check_capacity, ensure_ray, ray_log_level
-from pipelines.config import Config, ConfigError, with_recipe
-from pipelines.data import check_shards, load_images, read_manifest, resolve_uri
+from pipelines.config import Config, ConfigError, resolve
+from pipelines.data import check_shards, load_images, read_manifest
 from pipelines.evaluate import PROBES_SKIPPED, check_probe_set, has_labels, run_probes
-from pipelines.failures import NonFiniteLossError, fail_fast_on_unfixable_errors, unfixable_errors_in_one_line
+from pipelines.failures import NonFiniteLossError, fail_fast_on_unfixable_errors, one_line_errors
 from pipelines.init_from import check_init_from
 from pipelines.metric_buffer import unrecorded
 from pipelines.stream import build_pretrain_dataset
@@ -43,12 +43,7 @@ class PretrainResult:
 
 
 def validate(cfg: Config) -> dict:
-    """Everything that can be checked before Ray starts; returns the shards' manifest.
-
-    Also makes ``data.shards`` and ``tracking.runs_dir`` absolute: Ray workers run in another folder.
-    """
-    cfg.data.shards = resolve_uri(cfg.data.shards)
-    cfg.tracking.runs_dir = str(Path(cfg.tracking.runs_dir).expanduser().resolve())
+    """Everything that can be checked before Ray starts; returns the shards' manifest. Changes nothing in ``cfg``."""
     check_capacity(cfg)
     # object storage: a missing bucket, refused credentials or a down endpoint, in one line each
     for field, where in (
@@ -67,7 +62,7 @@ def validate(cfg: Config) -> dict:
             "or re-shard without --size so that each image keeps its own size"
         )
     try:
-        method = build_method(with_recipe(cfg)[0], manifest)  # with the recipe's head sizes, as it will train
+        method = build_method(cfg, manifest)  # a resolved config: with the recipe's head sizes, as it will train
     except (TypeError, ValueError) as err:
         raise ConfigError(f"method: {err}") from None
     check_init_from(cfg, method)
@@ -119,7 +114,8 @@ def fit(
     ``init_checkpoint`` and ``stop_epoch`` run one segment of a longer run (PBT). ``dataset``
     replaces the streamed shards (benchmarks feed views held in memory).
     """
-    cfg = with_recipe(cfg)[0]  # resolved already on every rayssl path; callers such as benchmarks may pass an unresolved one
+    if cfg.from_recipe is None:  # the workers would train without the recipe's optimizer
+        raise ValueError("fit() takes a resolved config: pass pipelines.config.resolve(cfg)")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -149,7 +145,7 @@ def fit(
     )
     fail_fast_on_unfixable_errors()
     # bad data or config, or an object store gone: one line, not the workers' tracebacks
-    with storage.errors_in_one_line(), unfixable_errors_in_one_line():
+    with one_line_errors(object_store=True):
         result = _fit_with_timeout(trainer, cfg.train.timeout_s)
     if isinstance(result.return_value, dict) and "error" in result.return_value:
         raise NonFiniteLossError(result.return_value["error"])
@@ -242,14 +238,14 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
 
     ``callbacks`` are Ray Train ``UserCallback``s (they run in Ray Train's controller).
     """
-    cfg, from_recipe = with_recipe(cfg)
+    cfg = resolve(cfg)  # unchanged when the caller resolved it (the CLI); benchmarks and tests may pass their own
     manifest = validate(cfg)
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)
     tracking.check_reachable(uri)
     run_name = cfg.tracking.run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = open_pretrain_run(cfg, uri, run_name)
     tag_skipped_probes(cfg, uri, run_id)
-    tracking.set_tag(uri, run_id, "rayssl.from_recipe", ",".join(from_recipe) or "none")
+    tracking.set_tag(uri, run_id, "rayssl.from_recipe", ",".join(cfg.from_recipe) or "none")
     with tracking.run_status(uri, run_id):
         ensure_ray()
         metrics, checkpoint = fit_and_probe(cfg, manifest, uri, run_id, f"{run_name}-{run_id[:8]}", cfg.storage("ray"), callbacks)

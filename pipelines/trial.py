@@ -19,7 +19,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipelines import checkpoint as saved_checkpoint
 from pipelines import tracking
-from pipelines.config import Config, with_recipe
+from pipelines.config import Config, resolve
 from pipelines.evaluate import PROBES_SKIPPED, has_labels
 from pipelines.train import fit, fit_and_probe, log_config, probe_checkpoint_and_log
 
@@ -56,7 +56,8 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> tuple[Config, 
     tree = copy.deepcopy(base)
     for key, value in params.items():
         set_key(tree, key, value)
-    return with_recipe(Config.model_validate(tree))
+    cfg = resolve(Config.model_validate(tree))
+    return cfg, cfg.from_recipe
 
 
 def _child_run(uri: str, experiment: str, parent_run_id: str, trial_id: str, cfg: Config) -> str:

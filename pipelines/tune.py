@@ -27,7 +27,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pipelines import checkpoint, tracking
 from pipelines.cluster import ensure_ray
-from pipelines.config import Config, ConfigError, build_config
+from pipelines.config import Config, ConfigError, absolute_paths, build_config, resolve
 from pipelines.evaluate import has_labels
 from pipelines.train import probe_checkpoint_and_log, validate
 from pipelines.trial import run_trial, set_key, trial_config
@@ -204,16 +204,17 @@ def _finish_unfinished_trials(cfg: Config, manifest: dict, uri: str, experiment:
 
 def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
     """Validate everything, then run the search; returns the trials and the best one."""
+    cfg = absolute_paths(cfg)  # the trials' base: paths absolute (trials run in their own folders), no recipe yet
     space = read_space(settings.space, known_keys(cfg))
     if settings.search == "optuna" and any(entry.distribution == "grid" for entry in space.values()):
         raise ConfigError(f"--search optuna: space {settings.space!r} has grid keys; use choice for Optuna")
     tune_space = with_seeds(to_tune(space, settings.search), space, cfg, settings)
     check_space_values(cfg, space)
-    manifest = validate(cfg)
+    manifest = validate(resolve(cfg))  # the base as its own method trains; trials resolve their own
     labeled = has_labels(cfg)
     settings = dataclasses.replace(settings, metric=resolve_metric(cfg, settings.metric, labeled))
     scheduler = _scheduler(settings, cfg, space)
-    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)  # validate() made it absolute
+    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)
     tracking.check_reachable(uri)
     name = settings.name or f"tune-{Path(settings.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment = name  # one MLflow experiment per search: `rayssl compare --experiment NAME` reads it

@@ -29,7 +29,7 @@ from pipelines.build import build_method, build_method_optimizer, view_policy
 from pipelines.cluster import quiet_ray_train_report_lines, say
 from pipelines.config import Config
 from pipelines.evaluate import EpochKNN, EpochRankMe, has_labels
-from pipelines.failures import NonFiniteLossError, unfixable_errors_in_one_line
+from pipelines.failures import NonFiniteLossError, one_line_errors
 from pipelines.faults import FaultInjector
 from pipelines.init_from import init_encoder
 from pipelines.metric_buffer import MetricBuffer
@@ -161,7 +161,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     Ray Train prints a worker's traceback; for an error the user fixes in the data or the
     config, the cause's one line says more (``RAYSSL_TRACEBACK=1`` keeps the full one).
     """
-    with unfixable_errors_in_one_line():
+    with one_line_errors():
         try:
             _train_loop(loop_config)
         except NonFiniteLossError as err:

@@ -16,7 +16,7 @@ import torch
 import ssl_models
 from pipelines import cli
 from pipelines.build import build_method, build_method_optimizer, view_policy
-from pipelines.config import load_config, with_recipe
+from pipelines.config import absolute_paths, load_config, resolve
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 BENCHMARKS = ["cifar10_resnet18", "cifar100_resnet18", "stl10_resnet18", "imagenet100_resnet18", "imagenet_resnet50"]
@@ -38,9 +38,9 @@ def test_a_config_runs_every_registered_method_through_its_recipe(path):
     assert cfg.method.name in ssl_models.list_methods()
     assert cfg.method.backbone in ssl_models.list_backbones()
     for name in ssl_models.list_methods():
-        resolved, taken = with_recipe(load_config(path, [f"method.name={name}"]))
+        resolved = resolve(load_config(path, [f"method.name={name}"]))
         assert resolved.optim.name is not None and resolved.optim.lr > 0, name
-        assert resolved.data == cfg.data and resolved.train.epochs == cfg.train.epochs, name
+        assert resolved.data == absolute_paths(cfg).data and resolved.train.epochs == cfg.train.epochs, name
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -48,7 +48,7 @@ def test_a_config_cut_down_takes_one_cpu_step(path):
     full = load_config(path)
     crop = min(full.data.crop_size or 28, 72)
     overrides = ["train.use_gpu=false", "train.num_workers=1", "data.batch_size=8", f"data.crop_size={crop}"]
-    cfg, _ = with_recipe(load_config(path, overrides))
+    cfg = resolve(load_config(path, overrides))
     photos = full.data.crop_size is not None and full.data.crop_size >= 96
     channels = 1 if "fmnist" in path.stem else 3
     manifest = {"channels": channels, "image_size": None if photos else [crop, crop]}
