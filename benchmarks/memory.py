@@ -81,7 +81,7 @@ def child(shards: str, epochs: int) -> None:
     store.start()
     uri = tracking.resolve_tracking_uri(None, runs_dir)
     run_id = tracking.start_run(uri, "memory", Path(shards).name, {})
-    fit(cfg, manifest, uri, run_id, f"memory-{time.time_ns()}", cfg.storage("ray"))
+    fit(cfg, manifest, tracking.Run(uri, run_id), f"memory-{time.time_ns()}", cfg.storage("ray"))
     tracking.end_run(uri, run_id, "FINISHED")
     sampler.stop()
     store.stop()

@@ -29,11 +29,10 @@ import numpy as np
 import ssl_models
 from pipelines import tracking
 from pipelines.cluster import ensure_ray
-from pipelines.compare import mean_spread
 from pipelines.config import build_config, resolve
 from pipelines.data import read_manifest
-from pipelines.report import format_table
 from pipelines.shard import write_shards
+from pipelines.tables import format_table, mean_spread
 from pipelines.train import pretrain
 
 EXPERIMENT = "methods-fmnist"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from search_bench import search_arguments, search_base_config
 
-from pipelines.report import format_table
+from pipelines.tables import format_table
 from pipelines.tune import SearchSettings, run_search
 
 SPACE = """\

@@ -116,7 +116,7 @@ def run_rayssl(cfg: Config, manifest: dict, runs_dir: Path, views: dict | None =
     before = {pid: cpu_seconds(pid) or 0.0 for pid in ray_processes()}
     sampler = RaySampler()
     sampler.start()
-    fit(cfg, manifest, uri, run_id, f"bench-{time.time_ns()}", cfg.storage("ray"), dataset=dataset)
+    fit(cfg, manifest, tracking.Run(uri, run_id), f"bench-{time.time_ns()}", cfg.storage("ray"), dataset=dataset)
     sampler.stop()
     tracking.end_run(uri, run_id, "FINISHED")
     used = {pid: cpu - before.get(pid, 0.0) for pid, cpu in sampler.cpu.items()}

@@ -94,4 +94,4 @@ def local_copy(uri: str, source: str, dst: str | Path) -> Path:
     from pipelines import tracking
 
     run_id = tracking.registered_run_id(uri, source) if source.startswith("models:/") else source
-    return tracking.download_artifact(uri, run_id, ARTIFACT_PATH, dst)
+    return tracking.Run(uri, run_id).download_artifact(ARTIFACT_PATH, dst)

@@ -73,7 +73,7 @@ def _load(args):
 
 
 def cmd_pretrain(args) -> int:
-    from pipelines.report import pretrain_table
+    from pipelines.tables import pretrain_table
     from pipelines.train import pretrain
 
     cfg = _load(args)
@@ -87,7 +87,7 @@ def cmd_probe(args) -> int:
     from pipelines import checkpoint
     from pipelines.build import method_from_checkpoint
     from pipelines.evaluate import has_labels, probe_shards, run_probes
-    from pipelines.report import format_table
+    from pipelines.tables import format_table
 
     with tempfile.TemporaryDirectory() as tmp:
         state = checkpoint.load(_checkpoint_source(args, tmp))
@@ -101,7 +101,7 @@ def cmd_probe(args) -> int:
     if state.get("run_id") and not args.no_log:
         from pipelines import tracking
 
-        tracking.log_metrics(state["tracking_uri"], state["run_id"], metrics, step=state["epoch"] + 1)
+        tracking.Run(state["tracking_uri"], state["run_id"]).log_metrics(metrics, step=state["epoch"] + 1)
         print(f"logged to MLflow run {state['run_id']} in {state['tracking_uri']}")
     return 0
 
@@ -143,8 +143,9 @@ def cmd_demo(args) -> int:
     """Shard Fashion-MNIST once, run the demo space's method comparison, print the compare table."""
     import time
 
-    from pipelines.compare import collect_runs, compare, headlines
+    from pipelines.compare import compare, headlines
     from pipelines.report import ui_command
+    from pipelines.runs import collect_runs
     from pipelines.shard import write_shards
     from pipelines.tune import SearchSettings, run_search
 
@@ -174,7 +175,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from pipelines.report import format_table, ui_command
+    from pipelines import names
+    from pipelines.report import ui_command
+    from pipelines.tables import trials_table
     from pipelines.tune import SearchSettings, run_search
 
     cfg = _load(args)
@@ -192,15 +195,8 @@ def cmd_tune(args) -> int:
         seeds=args.seeds,
     )
     result = run_search(cfg, settings)
-    searched = sorted({k for t in result.trials for k in t["params"]})
-    rows = [
-        [t["trial_id"], *(t["params"].get(k) for k in searched)]
-        + [t["metrics"].get(k, float("nan")) for k in ("probe/linear_top1", "probe/knn_top1", "probe/rankme")]
-        + [int(t["metrics"].get("epochs", 0)), "early stop" if t["stopped_early"] else t["status"]]
-        for t in sorted(result.trials, key=lambda t: -t["metrics"].get(result.selected_by, -1))
-    ]
-    print(format_table(["trial", *searched, "linear", "kNN", "RankMe", "epochs", "status"], rows))
-    spent = sum(int(t["metrics"].get("epochs", 0)) for t in result.trials)
+    print(trials_table(result.trials, ranked_by=result.selected_by))
+    spent = sum(int(t["metrics"].get(names.EPOCHS, 0)) for t in result.trials)
     print(f"{len(result.trials)} trials, {spent} trial-epochs ({len(result.trials) * cfg.train.epochs} without early stopping)")
     if result.best:
         key = result.best["selected_by"]

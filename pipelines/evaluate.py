@@ -20,9 +20,6 @@ from pipelines.shared_work import cache_dir, digest, shared_arrays, shared_metri
 from ssl_models.probes import knn_top1, linear_probe_top1, rankme
 from ssl_models.views import model_input
 
-# MLflow tag value on runs whose probes that need labels were skipped.
-PROBES_SKIPPED = "skipped: no labels"
-
 
 @dataclass
 class LabeledSplits:

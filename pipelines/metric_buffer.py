@@ -25,8 +25,8 @@ class MetricBuffer:
     first reaches the server, and drops rows recorded before (the first attempt's values stay).
     """
 
-    def __init__(self, uri: str, run_id: str, pending: list[dict] | None = None):
-        self.uri, self.run_id = uri, run_id
+    def __init__(self, run: tracking.Run, pending: list[dict] | None = None):
+        self.run = run
         self.pending: list[dict] = list(pending or [])
         self.recorded: set[tuple[str, int]] | None = None  # read from the server on first contact
         self.away = False  # the last send failed: step points wait for the next epoch's send
@@ -39,12 +39,12 @@ class MetricBuffer:
         self.pending += tracking.metric_rows(metrics, step)
         try:
             if self.recorded is None:
-                self.recorded = tracking.recorded_steps(self.uri, self.run_id)
+                self.recorded = self.run.recorded_steps()
             self.pending = unrecorded(self.pending, self.recorded)
-            tracking.log_metric_rows(self.uri, self.run_id, self.pending)
+            self.run.log_metric_rows(self.pending)
         except Exception as err:  # any transport or server error: keep the rows, train on
             print(
-                f"warning: MLflow at {self.uri} did not take metrics ({type(err).__name__}); "
+                f"warning: MLflow at {self.run.uri} did not take metrics ({type(err).__name__}); "
                 f"{len(self.pending)} buffered, sent when it answers again",
                 flush=True,
             )

@@ -18,15 +18,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-if TYPE_CHECKING:
-    from pipelines.compare import RunRow
+from pipelines import names  # noqa: E402
 
-BASELINES = ("baseline/pixels_linear_top1", "baseline/random_init_linear_top1")
-COLUMN_NAMES = {
-    "baseline/pixels_linear_top1": "pixels linear",
-    "baseline/random_init_linear_top1": "random-init linear",
-    "probe/rankme": "RankMe",
-}
+if TYPE_CHECKING:
+    from pipelines.runs import RunRow
 
 
 def plot_epoch_curves(rows: list[RunRow], out: Path) -> Path:
@@ -46,10 +41,10 @@ def plot_epoch_curves(rows: list[RunRow], out: Path) -> Path:
 def baseline_levels(rows: list[RunRow]) -> dict[str, float]:
     """Mean pixels and random-init linear top-1 over the runs that measured them (drawn as lines)."""
     levels = {}
-    for key in BASELINES:
+    for key in names.BASELINES:
         values = [r.metrics[key] for r in rows if key in r.metrics]
         if values:
-            levels[COLUMN_NAMES[key]] = float(np.mean(values))
+            levels[names.SHORT_NAMES[key]] = float(np.mean(values))
     return levels
 
 
@@ -62,7 +57,7 @@ def plot_per_method(rows: list[RunRow], out: Path) -> Path:
     methods = sorted({r.method for r in rows})
     fig, ax = plt.subplots(figsize=(max(5, len(methods) * 0.9), 4))
     for i, method in enumerate(methods):
-        values = [r.metrics["probe/linear_top1"] for r in rows if r.method == method and "probe/linear_top1" in r.metrics]
+        values = [r.metrics[names.LINEAR_TOP1] for r in rows if r.method == method and names.LINEAR_TOP1 in r.metrics]
         if values:
             mean = float(np.mean(values))
             ax.errorbar(i, mean, yerr=[[mean - min(values)], [max(values) - mean]], fmt="o", capsize=4)
@@ -77,8 +72,8 @@ def plot_per_method(rows: list[RunRow], out: Path) -> Path:
 
 
 def few_label_counts(rows: list[RunRow]) -> list[int]:
-    keys = {k for r in rows for k in r.metrics if k.startswith("probe/finetune_") and k.endswith("pc_top1")}
-    return sorted(int(k.removeprefix("probe/finetune_").removesuffix("pc_top1")) for k in keys)
+    keys = {k for r in rows for k in r.metrics if k.startswith(names.FINETUNE_PREFIX) and k.endswith("pc_top1")}
+    return sorted(int(k.removeprefix(names.FINETUNE_PREFIX).removesuffix("pc_top1")) for k in keys)
 
 
 def plot_few_labels(rows: list[RunRow], out: Path) -> Path | None:
@@ -86,7 +81,7 @@ def plot_few_labels(rows: list[RunRow], out: Path) -> Path | None:
     counts = few_label_counts(rows)
     if not counts:
         return None
-    methods = sorted({r.method for r in rows if any(f"probe/finetune_{n}pc_top1" in r.metrics for n in counts)})
+    methods = sorted({r.method for r in rows if any(names.finetune_top1(n) in r.metrics for n in counts)})
     series = [*methods, "from scratch"]
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(counts) * len(series) * 0.5), 4))
@@ -94,16 +89,11 @@ def plot_few_labels(rows: list[RunRow], out: Path) -> Path | None:
         heights = []
         for n in counts:
             if name == "from scratch":
-                values = [
-                    r.metrics[f"baseline/supervised_{n}pc_top1"] for r in rows if f"baseline/supervised_{n}pc_top1" in r.metrics
-                ]
+                values = [r.metrics[names.supervised_top1(n)] for r in rows if names.supervised_top1(n) in r.metrics]
                 heights.append(float(np.mean(values)) if values else math.nan)
             else:
-                values = [
-                    r.metrics[f"probe/finetune_{n}pc_top1"]
-                    for r in rows
-                    if r.method == name and f"probe/finetune_{n}pc_top1" in r.metrics
-                ]
+                key = names.finetune_top1(n)
+                values = [r.metrics[key] for r in rows if r.method == name and key in r.metrics]
                 heights.append(max(values) if values else math.nan)
         xs = np.arange(len(counts)) + (j - (len(series) - 1) / 2) * width
         bars = ax.bar(xs, heights, width, label=name, color="lightgrey" if name == "from scratch" else None)
@@ -122,7 +112,7 @@ def plot_against_params(rows: list[RunRow], varying: list[str], out: Path) -> Pa
         varying = ["method.name", *varying]
     fig, axes = plt.subplots(1, len(varying), figsize=(4 * len(varying), 3.5), squeeze=False)
     for ax, key in zip(axes[0], varying, strict=True):
-        pairs = [(r.params.get(key, ""), r.metrics["probe/linear_top1"]) for r in rows if "probe/linear_top1" in r.metrics]
+        pairs = [(r.params.get(key, ""), r.metrics[names.LINEAR_TOP1]) for r in rows if names.LINEAR_TOP1 in r.metrics]
         labels = sorted({p for p, _ in pairs}, key=_sort_key)
         numeric = all(_is_number(v) for v in labels)
         xs = [float(p) if numeric else labels.index(p) for p, _ in pairs]

@@ -8,13 +8,17 @@ same store. Runs always end FINISHED, FAILED or KILLED.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pipelines import names
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -74,7 +78,23 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 def client(uri: str) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
+    _quiet_unless_verbose()
     return MlflowClient(tracking_uri=uri)
+
+
+def _quiet_unless_verbose() -> None:
+    """MLflow's INFO lines ("Created version ...") and its artifact download bars stay off rayssl's
+    terminal, between Tune's table and the results, unless ``--verbose`` (RAYSSL_VERBOSE) asks for them.
+
+    Called after mlflow is imported: its import sets the ``mlflow`` logger to MLFLOW_LOGGING_LEVEL
+    (INFO by default). A level the user set in that variable is kept. The variables also reach the
+    Ray workers and trial actors started after this, so their MLflow calls are as quiet.
+    """
+    if os.environ.get("RAYSSL_VERBOSE"):
+        return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
 
 
 # MLflow 3's UI opens an experiment by its kind; untagged ones opened on the GenAI overview (traces,
@@ -124,52 +144,161 @@ def metric_rows(metrics: dict[str, float], step: int | None = None) -> list[dict
     return [{"key": k, "value": float(v), "step": step or 0, "timestamp": timestamp} for k, v in metrics.items()]
 
 
+@dataclass(frozen=True)
+class Run:
+    """One MLflow run: the store it lives in and its id. What rayssl writes to a run goes through here.
+
+    Plain data (two strings), so it travels to Ray workers and trial actors as it is.
+    ``reopened`` says that ``open_run`` found the run and reopened it rather than creating it.
+    """
+
+    uri: str
+    run_id: str
+    reopened: bool = field(default=False, compare=False)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.log_metric_rows(metric_rows(metrics, step))
+
+    def log_metric_rows(self, rows: list[dict]) -> None:
+        """Log rows ``{"key", "value", "step", "timestamp"}`` (as a ``MetricBuffer`` keeps them) in batches."""
+        from mlflow.entities import Metric
+
+        items = [Metric(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])) for r in rows]
+        for i in range(0, len(items), 1000):  # MLflow accepts at most 1000 metrics per batch
+            client(self.uri).log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def set_tag(self, key: str, value: str) -> None:
+        client(self.uri).set_tag(self.run_id, key, value)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        if tags:
+            client(self.uri).log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        client(self.uri).log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        client(self.uri).log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def download_artifact(self, artifact_path: str, dst: str | Path) -> Path:
+        """Copy one artifact (e.g. ``checkpoint/checkpoint.pt``) into ``dst``; returns the local path."""
+        return Path(client(self.uri).download_artifacts(self.run_id, artifact_path, str(dst)))
+
+    def end(self, status: str) -> None:
+        """FINISHED, FAILED or KILLED."""
+        client(self.uri).set_terminated(self.run_id, status=status)
+
+    def reopen(self) -> None:
+        """Mark the run RUNNING again when its work resumes (so it ends with its true status)."""
+        client(self.uri).update_run(self.run_id, status="RUNNING")
+
+    @contextmanager
+    def status(self) -> Iterator[Run]:
+        """End the run FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on any other exception."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.end("KILLED")
+            raise
+        except BaseException as err:
+            # The reason goes on the run, so the MLflow UI says why without the driver's log.
+            with contextlib.suppress(Exception):  # an unreachable server must not hide the original error
+                self.set_tag(names.FAILURE, f"{type(err).__name__}: {err}"[:5000])
+            self.end("FAILED")
+            raise
+        else:
+            self.end("FINISHED")
+
+    def get(self):
+        """The run as MLflow has it (``info``, ``data.params``, ``data.metrics``, ``data.tags``)."""
+        return client(self.uri).get_run(self.run_id)
+
+    def recorded_steps(self) -> set[tuple[str, int]]:
+        """``(key, step)`` of every metric value the run has."""
+        c = client(self.uri)
+        return {(key, m.step) for key in self.get().data.metrics for m in c.get_metric_history(self.run_id, key)}
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client(self.uri).get_metric_history(self.run_id, key)]
+
+    def log_dataset_inputs(self, shards: str, manifest: dict, context: str = "train") -> None:
+        log_dataset_inputs(self.uri, self.run_id, shards, manifest, context)
+
+    def log_encoder_model(self, model, example) -> str:
+        """Log ``model`` as the run's MLflow Model ``encoder`` and tag the run with its ``models:/`` URI."""
+        model_uri = log_encoder_model(self.uri, self.run_id, model, example)
+        self.set_tag(names.ENCODER_MODEL, model_uri)
+        return model_uri
+
+    def register_encoder(self, name: str, alias: str = "best") -> str | None:
+        return register_encoder(self.uri, self.run_id, name, alias)
+
+
+def find_run(uri: str, experiment: str, tags: dict[str, str]) -> Run | None:
+    """The newest run of ``experiment`` carrying every tag in ``tags``, or None."""
+    runs = find_runs(uri, experiment, tags)
+    return Run(uri, runs[0].info.run_id) if runs else None
+
+
+def open_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any],
+    kind: str,
+    *,
+    tags: dict[str, str] | None = None,
+    reopen: Run | None = None,
+    labeled: bool = True,
+    from_recipe: list[str] | None = None,
+) -> Run:
+    """A pretraining, trial or search run (``kind``): ``reopen`` marked RUNNING again, else a new run.
+
+    The tags every kind shares are set here, on new and reopened runs alike: the kind, that the
+    probes needing labels were skipped (``labeled`` False), and the fields the method's recipe filled.
+    """
+    if reopen is not None:
+        reopen.reopen()
+        run = Run(uri, reopen.run_id, reopened=True)
+    else:
+        run = Run(uri, start_run(uri, experiment, run_name, params, tags={names.KIND: kind, **(tags or {})}))
+    shared = {}
+    if not labeled:
+        shared[names.PROBES] = names.PROBES_SKIPPED
+    if from_recipe is not None:
+        shared[names.FROM_RECIPE] = ",".join(from_recipe) or "none"
+    run.set_tags(shared)
+    return run
+
+
+# The functions below take ``(uri, run_id)``: thin wrappers of ``Run`` for tests, benchmarks and scripts.
+
+
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
-    log_metric_rows(uri, run_id, metric_rows(metrics, step))
-
-
-def log_metric_rows(uri: str, run_id: str, rows: list[dict]) -> None:
-    """Log rows ``{"key", "value", "step", "timestamp"}`` (as a ``MetricBuffer`` keeps them) in batches."""
-    from mlflow.entities import Metric
-
-    items = [Metric(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])) for r in rows]
-    for i in range(0, len(items), 1000):  # MLflow accepts at most 1000 metrics per batch
-        client(uri).log_batch(run_id, metrics=items[i : i + 1000])
+    Run(uri, run_id).log_metrics(metrics, step)
 
 
 def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-    client(uri).log_artifact(run_id, str(path), artifact_path)
+    Run(uri, run_id).log_artifact(path, artifact_path)
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:
-    client(uri).set_terminated(run_id, status=status)
+    Run(uri, run_id).end(status)
 
 
-@contextmanager
-def run_status(uri: str, run_id: str) -> Iterator[None]:
-    """End the run FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on any other exception."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        end_run(uri, run_id, "KILLED")
-        raise
-    except BaseException as err:
-        # The reason goes on the run, so the MLflow UI says why without the driver's log.
-        with contextlib.suppress(Exception):  # an unreachable server must not hide the original error
-            client(uri).set_tag(run_id, "rayssl.failure", f"{type(err).__name__}: {err}"[:5000])
-        end_run(uri, run_id, "FAILED")
-        raise
-    else:
-        end_run(uri, run_id, "FINISHED")
+def run_status(uri: str, run_id: str):
+    """``Run.status``: the run ends FINISHED, KILLED or FAILED with the block."""
+    return Run(uri, run_id).status()
 
 
-def set_tag(uri: str, run_id: str, key: str, value: str) -> None:
-    client(uri).set_tag(run_id, key, value)
+def get_run(uri: str, run_id: str):
+    return Run(uri, run_id).get()
 
 
-def reopen_run(uri: str, run_id: str) -> None:
-    """Mark a run RUNNING again when its work resumes (so it ends with its true status)."""
-    client(uri).update_run(run_id, status="RUNNING")
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return Run(uri, run_id).metric_history(key)
 
 
 def find_runs(uri: str, experiment: str, tags: dict[str, str]) -> list:
@@ -179,20 +308,6 @@ def find_runs(uri: str, experiment: str, tags: dict[str, str]) -> list:
         return []
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     return client(uri).search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
-
-
-def get_run(uri: str, run_id: str):
-    return client(uri).get_run(run_id)
-
-
-def recorded_steps(uri: str, run_id: str) -> set[tuple[str, int]]:
-    """``(key, step)`` of every metric value the run has."""
-    c = client(uri)
-    return {(key, m.step) for key in c.get_run(run_id).data.metrics for m in c.get_metric_history(run_id, key)}
-
-
-def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in client(uri).get_metric_history(run_id, key)]
 
 
 def search_runs(uri: str, experiment: str, filter_string: str = "") -> list:
@@ -210,15 +325,6 @@ def newest_experiment(uri: str) -> str | None:
         return None
     runs = c.search_runs([e.experiment_id for e in experiments], order_by=["attributes.start_time DESC"], max_results=1)
     return c.get_experiment(runs[0].info.experiment_id).name if runs else None
-
-
-def log_artifacts(uri: str, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
-    client(uri).log_artifacts(run_id, str(folder), artifact_path)
-
-
-def download_artifact(uri: str, run_id: str, artifact_path: str, dst: str | Path) -> Path:
-    """Copy one artifact of a run (e.g. ``checkpoint/checkpoint.pt``) into ``dst``; returns the local path."""
-    return Path(client(uri).download_artifacts(run_id, artifact_path, str(dst)))
 
 
 def log_encoder_model(uri: str, run_id: str, model, example) -> str:
@@ -283,14 +389,27 @@ def register_encoder(uri: str, run_id: str, name: str, alias: str = "best") -> s
 
     c = client(uri)
     run = c.get_run(run_id)
-    model_uri = run.data.tags.get("rayssl.encoder_model")
+    model_uri = run.data.tags.get(names.ENCODER_MODEL)
     if not model_uri:
         return None
     tags = {k: str(v) for k, v in run.data.metrics.items() if k.startswith(("probe/", "baseline/"))}
+    if not os.environ.get("RAYSSL_VERBOSE"):
+        _create_registered_model(c, name)  # register_model prints "Successfully registered model" when it makes it
     with _fluent_uri(uri):
-        version = mlflow.register_model(model_uri, name, tags={**tags, "rayssl.run_id": run_id})
+        version = mlflow.register_model(model_uri, name, tags={**tags, names.RUN_ID: run_id})
     c.set_registered_model_alias(name, alias, version.version)
     return f"models:/{name}@{alias}"
+
+
+def _create_registered_model(mlflow_client, name: str) -> None:
+    """The registered model ``name``, made here when it is new (quietly); a model already there is kept."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
 
 
 def registered_run_id(uri: str, model_uri: str) -> str:

@@ -19,12 +19,12 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchTrainer
 
 import ssl_models
-from pipelines import checkpoint, storage, tracking
+from pipelines import checkpoint, names, storage, tracking
 from pipelines.build import build_method, ignored_method_fields, view_size
 from pipelines.cluster import check_capacity, ensure_ray, ray_log_level
 from pipelines.config import Config, ConfigError, resolve
 from pipelines.data import check_shards, load_images, read_manifest
-from pipelines.evaluate import PROBES_SKIPPED, check_probe_set, has_labels, run_probes
+from pipelines.evaluate import check_probe_set, has_labels, run_probes
 from pipelines.failures import NonFiniteLossError, fail_fast_on_unfixable_errors, one_line_errors
 from pipelines.init_from import check_init_from
 from pipelines.metric_buffer import unrecorded
@@ -100,8 +100,7 @@ def _fit_with_timeout(trainer: TorchTrainer, timeout_s: float | None):
 def fit(
     cfg: Config,
     manifest: dict,
-    uri: str,
-    run_id: str,
+    run: tracking.Run,
     ray_run_name: str,
     storage_path: str,
     callbacks: list | None = None,
@@ -109,7 +108,7 @@ def fit(
     stop_epoch: int | None = None,
     dataset: ray.data.Dataset | None = None,
 ):
-    """Train with Ray Train, logging to the open MLflow run ``run_id``; returns Ray Train's result.
+    """Train with Ray Train, logging to the open MLflow ``run``; returns Ray Train's result.
 
     ``init_checkpoint`` and ``stop_epoch`` run one segment of a longer run (PBT). ``dataset``
     replaces the streamed shards (benchmarks feed views held in memory).
@@ -121,8 +120,8 @@ def fit(
         train_loop_config={
             "config": cfg.model_dump(mode="json"),
             "manifest": manifest,
-            "run_id": run_id,
-            "tracking_uri": uri,
+            "run_id": run.run_id,
+            "tracking_uri": run.uri,
             "init_checkpoint": init_checkpoint,
             "stop_epoch": stop_epoch,
             "ray_log_level": ray_log_level(),  # Ray's own INFO lines reach the terminal only with --verbose
@@ -152,85 +151,85 @@ def fit(
     return result
 
 
-def log_config(cfg: Config, uri: str, run_id: str) -> None:
+def log_config(cfg: Config, run: tracking.Run) -> None:
     """The resolved config as an artifact, and the shards (and a separate probe set) as the run's dataset inputs."""
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "config.yaml"
         config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        tracking.log_artifact(uri, run_id, config_file)
-    tracking.log_dataset_inputs(uri, run_id, cfg.data.shards, read_manifest(cfg.data.shards))
+        run.log_artifact(config_file)
+    run.log_dataset_inputs(cfg.data.shards, read_manifest(cfg.data.shards))
     if cfg.probe.shards and cfg.probe.shards != cfg.data.shards:
-        tracking.log_dataset_inputs(uri, run_id, cfg.probe.shards, read_manifest(cfg.probe.shards), context="probe")
+        run.log_dataset_inputs(cfg.probe.shards, read_manifest(cfg.probe.shards), context="probe")
 
 
 def fit_and_probe(
-    cfg: Config, manifest: dict, uri: str, run_id: str, ray_run_name: str, storage_path: str, callbacks: list | None = None
+    cfg: Config, manifest: dict, run: tracking.Run, ray_run_name: str, storage_path: str, callbacks: list | None = None
 ) -> tuple[dict[str, float], str]:
-    """Train, then probe the final checkpoint; logs to the open MLflow run ``run_id``.
+    """Train, then probe the final checkpoint; logs to the open MLflow ``run``.
 
     Returns the final metrics and the final checkpoint's path.
     """
-    log_config(cfg, uri, run_id)
+    log_config(cfg, run)
     t0 = time.perf_counter()
-    result = fit(cfg, manifest, uri, run_id, ray_run_name, storage_path, callbacks)
+    result = fit(cfg, manifest, run, ray_run_name, storage_path, callbacks)
     final = checkpoint.uri_of(result.checkpoint)
-    metrics = probe_checkpoint_and_log(cfg, manifest, uri, run_id, final)
+    metrics = probe_checkpoint_and_log(cfg, manifest, run, final)
     metrics["wall_s"] = time.perf_counter() - t0
     metrics.update({k: v for k, v in (result.metrics or {}).items() if k.startswith("train/")})
-    tracking.log_metrics(uri, run_id, {"wall_s": metrics["wall_s"]}, step=cfg.train.epochs)
+    run.log_metrics({names.WALL_S: metrics[names.WALL_S]}, step=cfg.train.epochs)
     return metrics, final
 
 
-def probe_checkpoint_and_log(cfg: Config, manifest: dict, uri: str, run_id: str, checkpoint_dir: str) -> dict[str, float]:
+def probe_checkpoint_and_log(cfg: Config, manifest: dict, run: tracking.Run, checkpoint_dir: str) -> dict[str, float]:
     """Probe a run's checkpoint, log the probe metrics and the checkpoint itself to its MLflow run."""
     with Checkpoint(checkpoint_dir).as_directory() as folder:
         state = checkpoint.load(folder)
         if state.get("pending_metrics"):  # the tracking server was away when the workers last tried
-            rows = unrecorded(state["pending_metrics"], tracking.recorded_steps(uri, run_id))
-            tracking.log_metric_rows(uri, run_id, rows)
-        tracking.log_artifact(uri, run_id, checkpoint.file_in(folder), checkpoint.ARTIFACT_DIR)
+            run.log_metric_rows(unrecorded(state["pending_metrics"], run.recorded_steps()))
+        run.log_artifact(checkpoint.file_in(folder), checkpoint.ARTIFACT_DIR)
     method = build_method(cfg, manifest)
     method.load_state_dict(state["model"])
     metrics = run_probes(method, cfg)
-    metrics["epochs"] = state["epoch"] + 1
-    tracking.log_metrics(uri, run_id, metrics, step=state["epoch"] + 1)
+    metrics[names.EPOCHS] = state["epoch"] + 1
+    run.log_metrics(metrics, step=state["epoch"] + 1)
     if cfg.tracking.log_model:
         try:
-            log_encoder(method, cfg, uri, run_id)
+            log_encoder(method, cfg, run)
         except Exception as err:  # noqa: BLE001  the run trained and is probed: a model that did not log must not fail it
             print(f"warning: the encoder was not logged as an MLflow Model ({type(err).__name__}: {err}); the checkpoint has it")
     return metrics
 
 
-def log_encoder(method, cfg: Config, uri: str, run_id: str) -> str:
+def log_encoder(method, cfg: Config, run: tracking.Run) -> str:
     """The run's encoder as an MLflow Model: raw uint8 images in, embeddings out (``EmbeddingModel``)."""
     # two real images, as the probes see them: the input example and the export's trace
     example = load_images(cfg.data.shards, "train", 2, view_size(cfg, read_manifest(cfg.data.shards)))
-    model_uri = tracking.log_encoder_model(uri, run_id, EmbeddingModel(method.encoder).eval(), example)
-    tracking.set_tag(uri, run_id, "rayssl.encoder_model", model_uri)
-    return model_uri
+    return run.log_encoder_model(EmbeddingModel(method.encoder).eval(), example)  # and tags the run with it
 
 
-def tag_skipped_probes(cfg: Config, uri: str, run_id: str) -> None:
-    """Say on the run, where the MLflow UI shows it, that the probes needing labels did not run."""
-    if not has_labels(cfg):
-        tracking.set_tag(uri, run_id, "rayssl.probes", PROBES_SKIPPED)
-
-
-def open_pretrain_run(cfg: Config, uri: str, run_name: str) -> str:
+def open_pretrain_run(cfg: Config, uri: str, run_name: str) -> tracking.Run:
     """A new MLflow run, or the newest run of that name again when it did not finish.
 
     Reopening the run also resumes its training: the Ray Train run name derives from the
     MLflow run id, and Ray Train continues a run name from its last checkpoint.
     """
+    unfinished = None
     if cfg.tracking.run_name:
-        previous = tracking.find_runs(uri, cfg.tracking.experiment, {"rayssl.kind": "pretrain", "mlflow.runName": run_name})
+        previous = tracking.find_runs(uri, cfg.tracking.experiment, {names.KIND: names.KIND_PRETRAIN, names.RUN_NAME: run_name})
         if previous and previous[0].info.status != "FINISHED":
-            run = previous[0].info
-            print(f"resuming run {run_name} (MLflow {run.run_id}, was {run.status}) from its last checkpoint")
-            tracking.reopen_run(uri, run.run_id)
-            return run.run_id
-    return tracking.start_run(uri, cfg.tracking.experiment, run_name, cfg.flat(), tags={"rayssl.kind": "pretrain"})
+            info = previous[0].info
+            print(f"resuming run {run_name} (MLflow {info.run_id}, was {info.status}) from its last checkpoint")
+            unfinished = tracking.Run(uri, info.run_id)
+    return tracking.open_run(
+        uri,
+        cfg.tracking.experiment,
+        run_name,
+        cfg.flat(),
+        names.KIND_PRETRAIN,
+        reopen=unfinished,
+        labeled=has_labels(cfg),
+        from_recipe=cfg.from_recipe,
+    )
 
 
 def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
@@ -243,10 +242,8 @@ def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)
     tracking.check_reachable(uri)
     run_name = cfg.tracking.run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_id = open_pretrain_run(cfg, uri, run_name)
-    tag_skipped_probes(cfg, uri, run_id)
-    tracking.set_tag(uri, run_id, "rayssl.from_recipe", ",".join(cfg.from_recipe) or "none")
-    with tracking.run_status(uri, run_id):
+    run = open_pretrain_run(cfg, uri, run_name)
+    with run.status():
         ensure_ray()
-        metrics, checkpoint = fit_and_probe(cfg, manifest, uri, run_id, f"{run_name}-{run_id[:8]}", cfg.storage("ray"), callbacks)
-    return PretrainResult(run_id, uri, metrics, checkpoint, metrics["wall_s"])
+        metrics, checkpoint = fit_and_probe(cfg, manifest, run, f"{run_name}-{run.run_id[:8]}", cfg.storage("ray"), callbacks)
+    return PretrainResult(run.run_id, uri, metrics, checkpoint, metrics[names.WALL_S])

@@ -12,15 +12,16 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipelines import checkpoint as saved_checkpoint
-from pipelines import tracking
+from pipelines import names, tracking
 from pipelines.config import Config, resolve
-from pipelines.evaluate import PROBES_SKIPPED, has_labels
+from pipelines.evaluate import has_labels
 from pipelines.train import fit, fit_and_probe, log_config, probe_checkpoint_and_log
 
 
@@ -60,19 +61,46 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> tuple[Config, 
     return cfg, cfg.from_recipe
 
 
-def _child_run(uri: str, experiment: str, parent_run_id: str, trial_id: str, cfg: Config) -> str:
+@dataclass(frozen=True)
+class SpaceLabels:
+    """How the params Tune hands a trial map back to config keys (``tune.tune_param_space`` makes them).
+
+    A bundle (one space key whose values each set several config keys) reaches Tune as a choice of
+    labels, so that Tune's table reads ``simclr``, not a truncated mapping; ``columns`` are entries
+    that only label that table.
+    """
+
+    bundles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # space key -> label -> its keys
+    columns: tuple[str, ...] = ()
+
+    def params(self, tune_params: dict[str, Any]) -> dict[str, Any]:
+        """The trial's searched values, each bundle as the mapping it stands for, the table-only entries left out."""
+        out = {}
+        for key, value in tune_params.items():
+            if key in self.columns:
+                continue
+            by_label = self.bundles.get(key, {})
+            out[key] = by_label[value] if isinstance(value, str) and value in by_label else value
+        return out
+
+
+def _child_run(uri: str, experiment: str, parent_run_id: str, trial_id: str, cfg: Config, from_recipe: list[str]) -> tracking.Run:
     """The trial's one MLflow child run: created once, reopened when Tune restarts the trial."""
-    existing = tracking.find_runs(uri, experiment, {"rayssl.trial_id": trial_id})
-    if existing:
-        run_id = existing[0].info.run_id
-        tracking.reopen_run(uri, run_id)
-        return run_id
-    tags = {"mlflow.parentRunId": parent_run_id, "rayssl.kind": "trial", "rayssl.trial_id": trial_id}
-    if not has_labels(cfg):
-        tags["rayssl.probes"] = PROBES_SKIPPED
-    run_id = tracking.start_run(uri, experiment, f"trial-{trial_id}", cfg.flat(), tags=tags)
-    log_config(cfg, uri, run_id)
-    return run_id
+    tags = {names.PARENT_RUN_ID: parent_run_id, names.TRIAL_ID: trial_id}
+    run = tracking.open_run(
+        uri,
+        experiment,
+        f"trial-{trial_id}",
+        cfg.flat(),
+        names.KIND_TRIAL,
+        tags=tags,
+        reopen=tracking.find_run(uri, experiment, {names.TRIAL_ID: trial_id}),
+        labeled=has_labels(cfg),
+        from_recipe=from_recipe,
+    )
+    if not run.reopened:
+        log_config(cfg, run)
+    return run
 
 
 def run_trial(
@@ -85,21 +113,22 @@ def run_trial(
     experiment: str,
     storage: str,
     pbt_interval: int | None = None,
+    labels: SpaceLabels | None = None,
 ):
     """One Tune trial, recorded as an MLflow child run; ``pbt_interval`` set means PBT segments."""
     trial_id = tune.get_context().get_trial_id()
+    params = (labels or SpaceLabels()).params(params)
     cfg, from_recipe = trial_config(base, params)
-    run_id = _child_run(uri, experiment, parent_run_id, trial_id, cfg)
-    tracking.set_tag(uri, run_id, "rayssl.from_recipe", ",".join(from_recipe) or "none")
-    with tracking.run_status(uri, run_id):
+    run = _child_run(uri, experiment, parent_run_id, trial_id, cfg, from_recipe)
+    with run.status():
         if pbt_interval is None:
             # The same Ray Train run name on a resumed trial lets Train continue its last checkpoint.
-            fit_and_probe(cfg, manifest, uri, run_id, trial_id, storage, callbacks=[TuneReportCallback()])
+            fit_and_probe(cfg, manifest, run, trial_id, storage, callbacks=[TuneReportCallback()])
         else:
-            _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, storage, pbt_interval)
+            _run_pbt_segments(cfg, params, manifest, run, trial_id, storage, pbt_interval)
 
 
-def _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, storage: str, interval: int) -> None:
+def _run_pbt_segments(cfg, params, manifest, run: tracking.Run, trial_id, storage: str, interval: int) -> None:
     """Train ``interval`` epochs at a time from the checkpoint Tune hands back (PBT may have cloned it)."""
     start_epoch, init = 0, None
     handed = tune.get_checkpoint()
@@ -108,13 +137,15 @@ def _run_pbt_segments(cfg, params, manifest, uri, run_id, trial_id, storage: str
         with handed.as_directory() as folder:
             start_epoch = saved_checkpoint.completed_epochs(folder)
     # MLflow params cannot change: the values this trial follows from here on are metrics at this epoch.
-    followed = {f"pbt/{k}": float(v) for k, v in params.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    tracking.log_metrics(uri, run_id, followed, step=start_epoch + 1)
-    tracking.set_tag(uri, run_id, f"rayssl.pbt.config_from_epoch_{start_epoch + 1}", json.dumps(params))
+    followed = {
+        f"{names.PBT_PREFIX}{k}": float(v) for k, v in params.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    run.log_metrics(followed, step=start_epoch + 1)
+    run.set_tag(f"{names.PBT_CONFIG_PREFIX}{start_epoch + 1}", json.dumps(params))
     while start_epoch < cfg.train.epochs:
         stop = min(start_epoch + interval, cfg.train.epochs)
         name = f"{trial_id}-e{start_epoch + 1}-{uuid.uuid4().hex[:6]}"  # fresh name: never auto-resume another segment
-        result = fit(cfg, manifest, uri, run_id, name, storage, init_checkpoint=init, stop_epoch=stop)
+        result = fit(cfg, manifest, run, name, storage, init_checkpoint=init, stop_epoch=stop)
         init, start_epoch = saved_checkpoint.uri_of(result.checkpoint), stop
         tune.report(dict(result.metrics), checkpoint=tune.Checkpoint(init))
-    probe_checkpoint_and_log(cfg, manifest, uri, run_id, init)
+    probe_checkpoint_and_log(cfg, manifest, run, init)

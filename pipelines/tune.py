@@ -25,13 +25,14 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from pipelines import checkpoint, tracking
+from pipelines import checkpoint, names, tracking
 from pipelines.cluster import ensure_ray
 from pipelines.config import Config, ConfigError, absolute_paths, build_config, resolve
 from pipelines.evaluate import has_labels
+from pipelines.runs import best_run
 from pipelines.train import probe_checkpoint_and_log, validate
-from pipelines.trial import run_trial, set_key, trial_config
-from tune_spaces import Space, read_space, to_tune
+from pipelines.trial import SpaceLabels, run_trial, set_key, trial_config
+from tune_spaces import Space, SpaceEntry, read_space
 
 TRIAL_DRIVER = "trial_driver"  # custom resource: trial drivers take none of the CPUs the workers need
 
@@ -59,11 +60,11 @@ class SearchResult:
     experiment: str
     trials: list[dict[str, Any]]  # one per trial: trial_id, run_id, params, status, metrics
     best: dict[str, Any] | None  # the best trial, with "selected_by": the final metric that chose it
-    selected_by: str = "probe/linear_top1"  # probe/rankme when the probe set has no labels
+    selected_by: str = names.LINEAR_TOP1  # probe/rankme when the probe set has no labels
     registered: str | None = None  # models:/NAME@best, the best trial's encoder in the Model Registry
 
 
-KNN_METRIC, RANKME_METRIC = "probe/epoch_knn_top1", "probe/epoch_rankme"
+KNN_METRIC, RANKME_METRIC = names.EPOCH_KNN_TOP1, names.EPOCH_RANKME
 
 
 def resolve_metric(cfg: Config, metric: str | None, labeled: bool) -> str:
@@ -174,16 +175,68 @@ def max_concurrent_trials(cfg: Config) -> int:
     return max(1, int((cpus - 1) // per_trial))
 
 
-def _finish_unfinished_trials(cfg: Config, manifest: dict, uri: str, experiment: str, results) -> None:
+def bundle_labels(entry: SpaceEntry) -> list[str]:
+    """What Tune's table calls each value of a bundle: its method when each names another one, else KEY-1, KEY-2, ..."""
+    methods = [v.get("method.name") for v in entry.args]
+    if None not in methods and len(set(methods)) == len(methods):
+        return [str(m) for m in methods]
+    return [f"{entry.key}-{i + 1}" for i in range(len(entry.args))]
+
+
+def _bundle_value(key: str, by_label: dict[str, dict], inner: str, config: dict) -> Any:
+    return by_label[config[key]].get(inner)
+
+
+def _table_columns(key: str, by_label: dict[str, dict], taken: set[str]) -> dict[str, Any]:
+    """Table-only param-space entries for one bundle: its method (unless the labels are the methods)
+    and each config key whose value differs between the bundles that set it, under its short name."""
+    columns = {}
+    methods_are_labels = all(v.get("method.name") == label for label, v in by_label.items())
+    for inner in dict.fromkeys(k for v in by_label.values() for k in v):
+        if inner == "method.name":
+            if methods_are_labels:
+                continue
+        elif len({json.dumps(v[inner]) for v in by_label.values() if inner in v}) < 2:
+            continue
+        name = "method" if inner == "method.name" else inner.rsplit(".", 1)[-1]
+        name = inner if name in taken or name in columns else name
+        columns[name] = tune.sample_from(functools.partial(_bundle_value, key, by_label, inner))
+    return columns
+
+
+def tune_param_space(space: Space, search: str) -> tuple[dict[str, Any], SpaceLabels]:
+    """The ``ray.tune`` param space of a rayssl space, and how its trials' params map back to config keys.
+
+    Tune's progress table shows each searched value cut to 20 characters: a bundle's mapping read
+    ``...ent.flip_p': 0.0}`` in every row. So a bundle goes to Tune as a choice of labels (its method),
+    and table-only entries resolved from the trial's bundle show the values that differ between bundles.
+    Optuna takes no ``sample_from``: its table shows the labels only.
+    """
+    tune_space: dict[str, Any] = {}
+    bundles: dict[str, dict[str, dict]] = {}
+    columns: dict[str, Any] = {}
+    for key, entry in space.items():
+        if not entry.bundle:
+            tune_space[key] = entry.to_tune(search)
+            continue
+        labels = bundle_labels(entry)
+        bundles[key] = dict(zip(labels, entry.args, strict=True))
+        tune_space[key] = dataclasses.replace(entry, args=labels).to_tune(search)
+        if search != "optuna":
+            columns |= _table_columns(key, bundles[key], set(space) | set(columns))
+    return {**tune_space, **columns}, SpaceLabels(bundles, tuple(columns))
+
+
+def _finish_unfinished_trials(cfg: Config, search: _Search, results) -> None:
     """Trials stopped by ASHA never reached their probes: probe their last checkpoint and close their run."""
     for result in results:
         trial_id = (result.metrics or {}).get("trial_id")
-        runs = tracking.find_runs(uri, experiment, {"rayssl.trial_id": trial_id}) if trial_id else []
-        if not runs or "epochs" in runs[0].data.metrics:  # "epochs" is logged with the final probes
+        runs = tracking.find_runs(search.uri, search.name, {names.TRIAL_ID: trial_id}) if trial_id else []
+        if not runs or names.EPOCHS in runs[0].data.metrics:  # "epochs" is logged with the final probes
             continue
-        run_id = runs[0].info.run_id
+        run = tracking.Run(search.uri, runs[0].info.run_id)
         if result.error is not None:
-            tracking.end_run(uri, run_id, "FAILED")
+            run.end("FAILED")
             continue
         reported = (result.metrics or {}).get("checkpoint_path")
         if reported:
@@ -191,24 +244,39 @@ def _finish_unfinished_trials(cfg: Config, manifest: dict, uri: str, experiment:
         else:
             last = checkpoint.uri_of(result.checkpoint) if result.checkpoint else None
         if not last:
-            tracking.end_run(uri, run_id, "KILLED")  # stopped before its first epoch ended: nothing to probe
+            run.end("KILLED")  # stopped before its first epoch ended: nothing to probe
             continue
-        trial_cfg, _ = trial_config(cfg.model_dump(mode="json"), result.config)
-        tracking.reopen_run(uri, run_id)
-        with tracking.run_status(uri, run_id):
-            metrics = probe_checkpoint_and_log(trial_cfg, manifest, uri, run_id, last)
+        trial_cfg, _ = trial_config(cfg.model_dump(mode="json"), search.labels.params(result.config))
+        run.reopen()
+        with run.status():
+            metrics = probe_checkpoint_and_log(trial_cfg, search.manifest, run, last)
             # ASHA also stops trials that reached max_t, right after their last report: not early.
-            if metrics["epochs"] < trial_cfg.train.epochs:
-                tracking.set_tag(uri, run_id, "rayssl.stopped_early", "true")
+            if metrics[names.EPOCHS] < trial_cfg.train.epochs:
+                run.set_tag(names.STOPPED_EARLY, "true")
 
 
-def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
-    """Validate everything, then run the search; returns the trials and the best one."""
-    cfg = absolute_paths(cfg)  # the trials' base: paths absolute (trials run in their own folders), no recipe yet
+@dataclass
+class _Search:
+    """A search checked before Ray starts: the settings with the metric resolved, the space, the data and the store."""
+
+    settings: SearchSettings
+    space: Space
+    tune_space: dict[str, Any]
+    labels: SpaceLabels
+    manifest: dict
+    labeled: bool
+    scheduler: Any
+    uri: str
+    name: str  # also the MLflow experiment: `rayssl compare --experiment NAME` reads it
+
+
+def _check_search(cfg: Config, settings: SearchSettings) -> _Search:
+    """Everything that can fail on the user's input, before Ray starts."""
     space = read_space(settings.space, known_keys(cfg))
     if settings.search == "optuna" and any(entry.distribution == "grid" for entry in space.values()):
         raise ConfigError(f"--search optuna: space {settings.space!r} has grid keys; use choice for Optuna")
-    tune_space = with_seeds(to_tune(space, settings.search), space, cfg, settings)
+    tune_space, labels = tune_param_space(space, settings.search)
+    tune_space = with_seeds(tune_space, space, cfg, settings)
     check_space_values(cfg, space)
     manifest = validate(resolve(cfg))  # the base as its own method trains; trials resolve their own
     labeled = has_labels(cfg)
@@ -217,76 +285,106 @@ def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
     uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)
     tracking.check_reachable(uri)
     name = settings.name or f"tune-{Path(settings.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    experiment = name  # one MLflow experiment per search: `rayssl compare --experiment NAME` reads it
+    return _Search(settings, space, tune_space, labels, manifest, labeled, scheduler, uri, name)
 
+
+def _open_parent_run(search: _Search) -> tracking.Run:
+    """The search's parent run: the interrupted one again with ``--resume``, else a new one."""
+    settings, tags = search.settings, {names.TUNE_NAME: search.name}
+    previous = None
+    if settings.resume:
+        previous = tracking.find_run(search.uri, search.name, {names.KIND: names.KIND_TUNE, **tags})
+    params = {
+        "space": settings.space,
+        "space.definition": json.dumps({k: e.as_yaml() for k, e in search.space.items()}),
+        "search": settings.search,
+        "scheduler": settings.scheduler,
+        "num_samples": settings.num_samples,
+        "seeds": settings.seeds,
+        "metric": settings.metric,
+    }
+    return tracking.open_run(search.uri, search.name, search.name, params, names.KIND_TUNE, tags=tags, reopen=previous)
+
+
+def _tuner(cfg: Config, search: _Search, parent: tracking.Run) -> tune.Tuner:
+    """Tune's run of the trials: restored with ``--resume`` when Tune kept its state, else a new one."""
+    settings, name = search.settings, search.name
+    trainable = tune.with_resources(
+        functools.partial(
+            run_trial,
+            base=cfg.model_dump(mode="json"),
+            manifest=search.manifest,
+            uri=search.uri,
+            parent_run_id=parent.run_id,
+            experiment=name,
+            storage=cfg.storage("ray", name),
+            pbt_interval=settings.pbt_interval if settings.scheduler == "pbt" else None,
+            labels=search.labels,
+        ),
+        trial_driver_resources(),
+    )
+    tune_dir = cfg.storage("tune", name)
+    if settings.resume and tune.Tuner.can_restore(tune_dir):
+        return tune.Tuner.restore(tune_dir, trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=search.tune_space,
+        tune_config=tune.TuneConfig(
+            metric=settings.metric,
+            mode=settings.mode,
+            search_alg=_search_alg(settings, max_concurrent_trials(cfg)),
+            scheduler=search.scheduler,
+            num_samples=settings.num_samples,
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=cfg.storage("tune")),
+    )
+
+
+def run_search(cfg: Config, settings: SearchSettings) -> SearchResult:
+    """Validate everything, then run the search; returns the trials and the best one."""
+    cfg = absolute_paths(cfg)  # the trials' base: paths absolute (trials run in their own folders), no recipe yet
+    search = _check_search(cfg, settings)
     ensure_ray(resources={TRIAL_DRIVER: 100})
     ray.data.DataContext.get_current().enable_progress_bars = False
-    parents = tracking.find_runs(uri, experiment, {"rayssl.kind": "tune", "rayssl.tune_name": name}) if settings.resume else []
-    if parents:
-        parent_run_id = parents[0].info.run_id
-        tracking.reopen_run(uri, parent_run_id)
-    else:
-        params = {
-            "space": settings.space,
-            "space.definition": json.dumps({k: e.as_yaml() for k, e in space.items()}),
-            "search": settings.search,
-            "scheduler": settings.scheduler,
-            "num_samples": settings.num_samples,
-            "seeds": settings.seeds,
-            "metric": settings.metric,
-        }
-        parent_run_id = tracking.start_run(uri, experiment, name, params, tags={"rayssl.kind": "tune", "rayssl.tune_name": name})
+    parent = _open_parent_run(search)
+    # The final linear probe picks the best trial; without labels, the final RankMe does.
+    selected_by = names.LINEAR_TOP1 if search.labeled else names.RANKME
+    with parent.status():
+        results = _tuner(cfg, search, parent).fit()
+        _finish_unfinished_trials(cfg, search, results)
+        trials = summarize_trials(search.uri, search.name, parent.run_id)
+        best, registered = record_best(parent, trials, selected_by, search.settings.register or search.name)
+    return SearchResult(parent.run_id, search.uri, search.name, trials, best, selected_by, registered)
 
-    with tracking.run_status(uri, parent_run_id):
-        trainable = tune.with_resources(
-            functools.partial(
-                run_trial,
-                base=cfg.model_dump(mode="json"),
-                manifest=manifest,
-                uri=uri,
-                parent_run_id=parent_run_id,
-                experiment=experiment,
-                storage=cfg.storage("ray", name),
-                pbt_interval=settings.pbt_interval if settings.scheduler == "pbt" else None,
-            ),
-            trial_driver_resources(),
-        )
-        tune_dir = cfg.storage("tune", name)
-        if settings.resume and tune.Tuner.can_restore(tune_dir):
-            tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=tune_space,
-                tune_config=tune.TuneConfig(
-                    metric=settings.metric,
-                    mode=settings.mode,
-                    search_alg=_search_alg(settings, max_concurrent_trials(cfg)),
-                    scheduler=scheduler,
-                    num_samples=settings.num_samples,
-                ),
-                run_config=tune.RunConfig(name=name, storage_path=cfg.storage("tune")),
-            )
-        results = tuner.fit()
-        _finish_unfinished_trials(cfg, manifest, uri, experiment, results)
-        trials = summarize_trials(uri, experiment, parent_run_id)
-        # The final linear probe picks the best trial; without labels, the final RankMe does.
-        selected_by = "probe/linear_top1" if labeled else "probe/rankme"
-        best = max((t for t in trials if selected_by in t["metrics"]), key=lambda t: t["metrics"][selected_by], default=None)
-        if best is not None:
-            best["selected_by"] = selected_by
-            tracking.set_tag(uri, parent_run_id, "rayssl.best_trial", best["trial_id"])
-            tracking.set_tag(uri, parent_run_id, "rayssl.best_run_id", best["run_id"])
-            tracking.set_tag(uri, parent_run_id, "rayssl.best_params", json.dumps(best["params"]))
-            tracking.set_tag(uri, parent_run_id, "rayssl.best_selected_by", selected_by)
-            finals = ("probe/linear_top1", "probe/knn_top1", "probe/rankme")
-            tracking.log_metrics(
-                uri, parent_run_id, {k.replace("probe/", "best/"): best["metrics"][k] for k in finals if k in best["metrics"]}
-            )
-            registered = tracking.register_encoder(uri, best["run_id"], settings.register or experiment)
-            if registered:
-                tracking.set_tag(uri, parent_run_id, "rayssl.best_model", registered)
-    return SearchResult(parent_run_id, uri, experiment, trials, best, selected_by, registered if best else None)
+
+BEST_FINALS = (names.LINEAR_TOP1, names.KNN_TOP1, names.RANKME)
+
+
+def record_best(
+    parent: tracking.Run, trials: list[dict[str, Any]], selected_by: str, register_as: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Name the best trial on the parent run (tags, ``best/*`` metrics) and register its encoder.
+
+    Returns the best trial (with ``selected_by``) and its registered model URI; (None, None) when no
+    trial has ``selected_by``."""
+    best = best_run(trials, selected_by, metrics=lambda t: t["metrics"])
+    if best is None:
+        return None, None
+    best["selected_by"] = selected_by
+    parent.set_tags(
+        {
+            names.BEST_TRIAL: best["trial_id"],
+            names.BEST_RUN_ID: best["run_id"],
+            names.BEST_PARAMS: json.dumps(best["params"]),
+            names.BEST_SELECTED_BY: selected_by,
+        }
+    )
+    finals = {k.replace("probe/", "best/"): best["metrics"][k] for k in BEST_FINALS if k in best["metrics"]}
+    parent.log_metrics(finals)
+    registered = tracking.Run(parent.uri, best["run_id"]).register_encoder(register_as)
+    if registered:
+        parent.set_tag(names.BEST_MODEL, registered)
+    return best, registered
 
 
 def searched_keys(definition: dict[str, dict[str, list]]) -> list[str]:
@@ -300,20 +398,21 @@ def searched_keys(definition: dict[str, dict[str, list]]) -> list[str]:
 
 
 def summarize_trials(uri: str, experiment: str, parent_run_id: str) -> list[dict[str, Any]]:
-    """The parent's child runs: trial id, run id, searched params (as the trial used them), status, metrics."""
-    parent = tracking.get_run(uri, parent_run_id)
+    """The parent's child runs: trial id, run id, method, searched params (as the trial used them), status, metrics."""
+    parent = tracking.Run(uri, parent_run_id).get()
     searched = searched_keys(json.loads(parent.data.params.get("space.definition", "{}")))
     if int(parent.data.params.get("seeds", "1")) > 1:  # --seeds: which seed each trial ran with
         searched.append("train.seed")
     out = []
-    for run in tracking.find_runs(uri, experiment, {"mlflow.parentRunId": parent_run_id}):
+    for run in tracking.find_runs(uri, experiment, {names.PARENT_RUN_ID: parent_run_id}):
         out.append(
             {
-                "trial_id": run.data.tags.get("rayssl.trial_id"),
+                "trial_id": run.data.tags.get(names.TRIAL_ID),
                 "run_id": run.info.run_id,
+                "method": run.data.params.get("method.name"),
                 "params": {k: run.data.params.get(k) for k in searched},
                 "status": run.info.status,
-                "stopped_early": run.data.tags.get("rayssl.stopped_early") == "true",
+                "stopped_early": run.data.tags.get(names.STOPPED_EARLY) == "true",
                 "metrics": dict(run.data.metrics),
             }
         )

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from ray.train import Checkpoint
 from torch import nn
 
-from pipelines import checkpoint, tracking
+from pipelines import checkpoint, names, tracking
 from pipelines.build import build_method, build_method_optimizer, view_policy
 from pipelines.cluster import quiet_ray_train_report_lines, say
 from pipelines.config import Config
@@ -92,7 +92,7 @@ def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str, first_epo
         dist.all_gather_object(nodes, nodes[rank])
     if rank == 0:  # in MLflow, not the terminal: one line of long node ids per run was noise
         try:
-            tracking.set_tag(uri, run_id, f"rayssl.worker_nodes.from_epoch_{first_epoch}", ",".join(nodes))
+            tracking.Run(uri, run_id).set_tag(f"{names.WORKER_NODES_PREFIX}{first_epoch}", ",".join(nodes))
         except Exception as err:  # an unreachable server must not stop training
             say(f"warning: could not tag worker nodes ({type(err).__name__})")
 
@@ -206,7 +206,7 @@ def _train_loop(loop_config: dict) -> None:
     total_steps = cfg.train.epochs * steps_per_epoch
     # The lr schedule always spans train.epochs; a PBT segment stops early at stop_epoch.
     end_epoch = loop_config.get("stop_epoch") or cfg.train.epochs
-    buffer = MetricBuffer(uri, run_id, pending) if rank == 0 else None
+    buffer = MetricBuffer(tracking.Run(uri, run_id), pending) if rank == 0 else None
     w = Worker(
         cfg=cfg,
         # DDP wraps the compiled module; `inner` stays the plain one, for state_dict keys, EMA and probes.
@@ -237,9 +237,9 @@ def _train_loop(loop_config: dict) -> None:
     # Per-epoch probes on rank 0: kNN when the probe set has labels, RankMe always (label-free).
     epoch_probes = {}
     if rank == 0 and cfg.probe.epoch_knn_images and has_labels(cfg):
-        epoch_probes["probe/epoch_knn_top1"] = EpochKNN(cfg)
+        epoch_probes[names.EPOCH_KNN_TOP1] = EpochKNN(cfg)
     if rank == 0 and cfg.probe.rankme_images:
-        epoch_probes["probe/epoch_rankme"] = EpochRankMe(cfg)
+        epoch_probes[names.EPOCH_RANKME] = EpochRankMe(cfg)
     _record_worker_nodes(rank, world, uri, run_id, start_epoch + 1)
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, end_epoch):

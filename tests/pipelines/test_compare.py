@@ -10,7 +10,6 @@ import torch
 
 from pipelines import tracking
 from pipelines.cli import main
-from pipelines.compare import RunRow
 from pipelines.plots import (
     _title,
     baseline_levels,
@@ -19,6 +18,7 @@ from pipelines.plots import (
     plot_few_labels,
     plot_per_method,
 )
+from pipelines.runs import RunRow
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover"]
 
@@ -97,7 +97,7 @@ def test_headlines_say_best_vs_pixels_and_few_labels_vs_scratch():
 
 
 def test_seeds_table_groups_configurations_and_gives_mean_and_half_range():
-    from pipelines.compare import seeds_table
+    from pipelines.tables import seeds_table
 
     def run(seed, lr, linear, status="FINISHED"):
         params = {"method.name": "simclr", "train.seed": str(seed), "optim.lr": lr}

@@ -46,7 +46,7 @@ def test_run_logs_its_encoder_as_an_mlflow_model_usable_without_rayssl(fmnist_sh
     torch.manual_seed(0)
     method = build_method(cfg, read_manifest(str(fmnist_shards)))
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
-    model_uri = log_encoder(method, cfg, uri, run_id)
+    model_uri = log_encoder(method, cfg, tracking.Run(uri, run_id))
     assert model_uri.startswith("models:/")
     assert os.environ.get("MLFLOW_TRACKING_URI") == env_before  # MLflow's global URI does not leak into later runs
     c = tracking.client(uri)
@@ -87,7 +87,7 @@ def test_best_encoder_registered_and_models_uri_accepted_where_checkpoints_are(f
     tracking.log_artifact(uri, run_id, ckpt, "checkpoint")
     tracking.log_metrics(uri, run_id, {"probe/linear_top1": 0.81, "probe/knn_top1": 0.75}, step=2)
     assert tracking.register_encoder(uri, run_id, "fmnist-encoder") is None  # nothing logged yet: nothing to register
-    log_encoder(method, cfg, uri, run_id)
+    log_encoder(method, cfg, tracking.Run(uri, run_id))
 
     assert tracking.register_encoder(uri, run_id, "fmnist-encoder") == "models:/fmnist-encoder@best"
     version = tracking.client(uri).get_model_version_by_alias("fmnist-encoder", "best")

@@ -46,7 +46,7 @@ def test_the_ui_opens_a_rayssl_experiment_on_its_runs_with_dataset_and_model(mlf
     run_id = tracking.start_run(mlflow_server, "ui-check", "simclr-ui-run", cfg.flat(), tags={"rayssl.kind": "pretrain"})
     tracking.log_dataset_inputs(mlflow_server, run_id, cfg.data.shards, manifest)
     torch.manual_seed(0)
-    log_encoder(build_method(cfg, manifest), cfg, mlflow_server, run_id)
+    log_encoder(build_method(cfg, manifest), cfg, tracking.Run(mlflow_server, run_id))
     tracking.log_metrics(mlflow_server, run_id, {"probe/linear_top1": 0.5}, step=1)
     tracking.end_run(mlflow_server, run_id, "FINISHED")
     url = report.ui_experiment_url(mlflow_server, "ui-check")

@@ -2,10 +2,11 @@
 
 import contextlib
 import json
+import os
 
 import pytest
 
-from pipelines import tracking
+from pipelines import names, tracking
 from pipelines.metric_buffer import MetricBuffer
 
 
@@ -35,15 +36,103 @@ def test_runs_end_finished_failed_or_killed(tmp_path, error, status):
     assert run.data.tags.get("rayssl.failure") == ("RuntimeError: boom" if status == "FAILED" else None)
 
 
+def test_run_handle_writes_what_it_says(tmp_path):
+    uri = tracking.resolve_tracking_uri(None, tmp_path)
+    run = tracking.Run(uri, tracking.start_run(uri, "handle", "r", {"optim.lr": 0.1}))
+    run.log_metrics({"train/loss": 2.5, "train/lr": 0.1}, step=1)
+    run.log_metric_rows(tracking.metric_rows({"train/loss": 2.0}, step=2))
+    run.set_tag("a", "1")
+    run.set_tags({"b": "2", "c": 3})
+    run.set_tags({})  # nothing to write: no call
+    (tmp_path / "note.txt").write_text("hello")
+    run.log_artifact(tmp_path / "note.txt", "notes")
+    run.end("KILLED")
+    got = run.get()
+    assert got.info.status == "KILLED"
+    assert got.data.params == {"optim.lr": "0.1"}
+    assert {k: got.data.tags[k] for k in "abc"} == {"a": "1", "b": "2", "c": "3"}
+    assert run.metric_history("train/loss") == [(1, 2.5), (2, 2.0)]
+    assert run.recorded_steps() == {("train/loss", 1), ("train/loss", 2), ("train/lr", 1)}
+    assert run.download_artifact("notes/note.txt", tmp_path / "back").read_text() == "hello"
+    run.reopen()
+    assert run.get().info.status == "RUNNING"
+    with run.status() as same:
+        assert same is run
+    assert run.get().info.status == "FINISHED"
+    assert tracking.Run(uri, run.run_id) == run  # plain data: equal by store and id
+
+
+def test_open_run_sets_the_shared_tags_once_for_new_and_reopened_runs(tmp_path):
+    uri = tracking.resolve_tracking_uri(None, tmp_path)
+    new = tracking.open_run(
+        uri,
+        "kinds",
+        "r",
+        {"method.name": "simclr"},
+        names.KIND_TRIAL,
+        tags={names.TRIAL_ID: "t1"},
+        labeled=False,
+        from_recipe=["optim.lr", "optim.name"],
+    )
+    assert not new.reopened
+    tags = new.get().data.tags
+    assert (tags[names.KIND], tags[names.TRIAL_ID], tags[names.PROBES]) == ("trial", "t1", "skipped: no labels")
+    assert tags[names.FROM_RECIPE] == "optim.lr,optim.name" and tags[names.RUN_NAME] == "r"
+    new.end("FAILED")
+
+    found = tracking.find_run(uri, "kinds", {names.TRIAL_ID: "t1"})
+    assert found == new and tracking.find_run(uri, "kinds", {names.TRIAL_ID: "t2"}) is None
+    assert tracking.find_run(uri, "no-such-experiment", {names.TRIAL_ID: "t1"}) is None
+    again = tracking.open_run(uri, "kinds", "r", {}, names.KIND_TRIAL, reopen=found, from_recipe=[])
+    assert again.reopened and again.run_id == new.run_id
+    run = again.get()
+    assert run.info.status == "RUNNING"
+    assert run.data.tags[names.FROM_RECIPE] == "none"  # the recipe filled nothing this time
+    assert len(tracking.search_runs(uri, "kinds")) == 1  # reopened, not created again
+
+    labeled = tracking.open_run(uri, "kinds", "p", {}, names.KIND_PRETRAIN)
+    tags = labeled.get().data.tags
+    assert tags[names.KIND] == "pretrain" and names.PROBES not in tags and names.FROM_RECIPE not in tags
+
+
+def test_mlflow_is_quiet_unless_verbose(tmp_path, monkeypatch, capfd):
+    import logging
+
+    for name in ("RAYSSL_VERBOSE", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_LOGGING_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    level = logging.getLogger("mlflow").level
+    try:
+        uri = tracking.resolve_tracking_uri(None, tmp_path)
+        run = tracking.Run(uri, tracking.start_run(uri, "quiet", "r", {}))
+        assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+        assert logging.getLogger("mlflow").level == logging.WARNING
+        (tmp_path / "a.txt").write_text("a")
+        run.log_artifact(tmp_path / "a.txt")
+        capfd.readouterr()
+        run.download_artifact("a.txt", tmp_path / "back")
+        tracking._create_registered_model(tracking.client(uri), "quiet-model")
+        tracking._create_registered_model(tracking.client(uri), "quiet-model")  # already there: kept
+        out = capfd.readouterr()
+        assert "Downloading artifacts" not in out.err + out.out and "Successfully registered" not in out.err + out.out
+
+        monkeypatch.setenv("RAYSSL_VERBOSE", "1")
+        monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "INFO")
+        logging.getLogger("mlflow").setLevel(logging.INFO)
+        tracking.client(uri)
+        assert logging.getLogger("mlflow").level == logging.INFO  # --verbose: MLflow's own lines stay
+    finally:
+        logging.getLogger("mlflow").setLevel(level)
+
+
 def test_metric_buffer_keeps_what_the_server_did_not_take(tmp_path, monkeypatch):
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.setenv(name, "")  # restored after the test: the buffer sets them for its (worker) process
     uri = tracking.resolve_tracking_uri(None, tmp_path)
     run_id = tracking.start_run(uri, "exp", "r", {})
-    buffer = MetricBuffer("http://127.0.0.1:9", run_id)  # nothing listens there
+    buffer = MetricBuffer(tracking.Run("http://127.0.0.1:9", run_id))  # nothing listens there
     assert buffer.log({"train/loss": 2.5}, step=1) is False
     assert [(r["key"], r["value"], r["step"]) for r in buffer.pending] == [("train/loss", 2.5, 1)]
-    buffer.uri = uri  # the server is back, but step points only queue until the next epoch's send
+    buffer.run = tracking.Run(uri, run_id)  # the server is back, but step points only queue until the next epoch's send
     assert buffer.log_step({"train/loss_step": 2.4}, step=30) is False and len(buffer.pending) == 2
     assert buffer.log({"train/loss": 2.0}, step=2) is True and buffer.pending == []
     assert tracking.metric_history(uri, run_id, "train/loss") == [(1, 2.5), (2, 2.0)]
@@ -54,7 +143,7 @@ def test_metric_buffer_keeps_what_the_server_did_not_take(tmp_path, monkeypatch)
     # A restart from the epoch-1 checkpoint after epoch 2 was logged: epoch 2 runs again and
     # its checkpoint still carried epoch 1's row as pending; each (key, step) stays recorded once.
     pending = tracking.metric_rows({"train/loss": 2.5}, step=1)
-    resumed = MetricBuffer(uri, run_id, pending)
+    resumed = MetricBuffer(tracking.Run(uri, run_id), pending)
     assert resumed.log({"train/loss": 1.9, "train/lr": 0.1}, step=2) is True
     assert resumed.log({"train/loss": 1.5}, step=3) is True
     assert tracking.metric_history(uri, run_id, "train/loss") == [(1, 2.5), (2, 2.0), (3, 1.5)]
@@ -85,7 +174,7 @@ def test_shards_are_recorded_as_the_runs_dataset_inputs(fmnist_shards, tmp_path)
     uri = tracking.resolve_tracking_uri(None, tmp_path)
     run_id = tracking.start_run(uri, "inputs", "r", {})
     cfg = build_config({}, [f"data.shards={fmnist_shards}"])
-    log_config(cfg, uri, run_id)
+    log_config(cfg, tracking.Run(uri, run_id))
     inputs = tracking.get_run(uri, run_id).inputs.dataset_inputs
     manifest = read_manifest(str(fmnist_shards))
     by_name = {i.dataset.name: i for i in inputs}

@@ -125,6 +125,42 @@ def test_a_bundle_varies_several_keys_together_and_is_checked_before_ray(tmp_pat
         check_space_values(build_config(), bad)
 
 
+def test_tunes_table_shows_each_bundles_method_and_the_values_that_differ():
+    # Tune's progress table cuts every value to 20 characters: a bundle's mapping read
+    # "...ent.flip_p': 0.0}" in every row. It gets its method as label and one column per differing value.
+    from ray.tune.search.variant_generator import generate_variants
+
+    from pipelines.trial import trial_config
+    from pipelines.tune import tune_param_space
+
+    space = read_space("demo", set(build_config().flat()))
+    param_space, labels = tune_param_space(space, "grid")
+    assert sorted(labels.bundles["recipe"]) == ["rotation", "simclr", "vicreg"]
+    assert labels.columns == ("jitter_strength", "jitter_p", "blur_p")  # crop_scale and flip_p: the same in both
+    shown = [config for _, config in generate_variants(param_space)]
+    assert [(c["recipe"], c["jitter_strength"], c["blur_p"]) for c in shown] == [
+        ("simclr", 0.714, 0.575),
+        ("vicreg", 0.923, 0.488),
+        ("rotation", None, None),
+    ]
+    params = labels.params(shown[1])
+    assert params == {"recipe": labels.bundles["recipe"]["vicreg"]}  # the table-only columns are left out
+    cfg, _ = trial_config(build_config().model_dump(mode="json"), params)
+    assert (cfg.method.name, cfg.data.augment.jitter_strength, cfg.data.augment.flip_p) == ("vicreg", 0.923, 0.0)
+    # bundles that share a method are numbered, and the method gets a column of its own
+    twice = _space_entries({"recipe": {"choice": [{"method.name": "simclr", "optim.lr": 0.1}, {"method.name": "simclr"}]}})
+    param_space, labels = tune_param_space(twice, "random")
+    assert sorted(labels.bundles["recipe"]) == ["recipe-1", "recipe-2"] and labels.columns == ("method",)
+    assert [c["method"] for _, c in generate_variants(tune_param_space(twice, "grid")[0])] == ["simclr", "simclr"]
+    assert tune_param_space(space, "optuna")[1].columns == ()  # Optuna takes no sample_from: labels only
+
+
+def _space_entries(tree: dict):
+    from tune_spaces import SpaceEntry
+
+    return {key: SpaceEntry(key, *next(iter(spec.items()))) for key, spec in tree.items()}
+
+
 def test_bad_space_value_fails_before_ray_starts(fmnist_shards, tmp_path):
     # An unknown method name inside a space is a config error found before any trial runs.
     cfg = _base(fmnist_shards, tmp_path / "runs")
