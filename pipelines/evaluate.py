@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipelines import names
 from pipelines.build import build_method, view_size
 from pipelines.config import Config, ConfigError, ProbeConfig
 from pipelines.data import check_shards, labeled_rows, load_images, load_labeled, read_manifest, resolve_uri
@@ -197,7 +198,7 @@ def run_probes(method: nn.Module, cfg: Config, splits: LabeledSplits | None = No
     """
     metrics = {}
     if cfg.probe.rankme_images:
-        metrics["probe/rankme"] = EpochRankMe(cfg)(method.encoder, device)
+        metrics[names.RANKME] = EpochRankMe(cfg)(method.encoder, device)
     if splits is None and not has_labels(cfg):
         return metrics
     cache = cache_dir(cfg.tracking.runs_dir) if cfg.probe.share_baselines else None
@@ -219,8 +220,8 @@ def run_probes(method: nn.Module, cfg: Config, splits: LabeledSplits | None = No
                 "baselines",
                 digest(data_key, arch_key),
                 lambda: {
-                    "baseline/random_init_linear_top1": probe_encoder(untrained, splits, cfg.probe, device)["linear_top1"],
-                    "baseline/pixels_linear_top1": pixels_linear_top1(splits, cfg.probe),
+                    names.RANDOM_INIT_LINEAR_TOP1: probe_encoder(untrained, splits, cfg.probe, device)["linear_top1"],
+                    names.PIXELS_LINEAR_TOP1: pixels_linear_top1(splits, cfg.probe),
                 },
             )
         )
@@ -229,15 +230,14 @@ def run_probes(method: nn.Module, cfg: Config, splits: LabeledSplits | None = No
 
         counts, steps = cfg.probe.labels_per_class, cfg.probe.finetune_steps
         finetuned = few_label_top1(method.encoder, splits, counts, steps, device)
-        metrics.update({f"probe/finetune_{n}pc_top1": finetuned[n] for n in counts})
+        metrics.update({names.finetune_top1(n): finetuned[n] for n in counts})
         metrics.update(
             shared_metrics(
                 cache,
                 "from-scratch",
                 digest(data_key, arch_key, counts, steps),
                 lambda: {
-                    f"baseline/supervised_{n}pc_top1": top1
-                    for n, top1 in few_label_top1(untrained, splits, counts, steps, device).items()
+                    names.supervised_top1(n): top1 for n, top1 in few_label_top1(untrained, splits, counts, steps, device).items()
                 },
             )
         )

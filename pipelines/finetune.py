@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines import names
 from ssl_models.augment import random_resized_crop_flip
 from ssl_models.views import normalize, to_float
 
@@ -97,6 +98,6 @@ def few_label_metrics(
     from_scratch = few_label_top1(scratch, splits, labels_per_class, steps, device)
     metrics: dict[str, float] = {}
     for n in labels_per_class:
-        metrics[f"probe/finetune_{n}pc_top1"] = finetuned[n]
-        metrics[f"baseline/supervised_{n}pc_top1"] = from_scratch[n]
+        metrics[names.finetune_top1(n)] = finetuned[n]
+        metrics[names.supervised_top1(n)] = from_scratch[n]
     return metrics

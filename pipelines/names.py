@@ -6,6 +6,8 @@ is spelled once here and every module imports it.
 
 from __future__ import annotations
 
+PROBE_PREFIX, BASELINE_PREFIX = "probe/", "baseline/"
+BEST_PREFIX = "best/"  # on a search's parent run: the best trial's final probes
 # Final probes of a run, logged at its last epoch.
 LINEAR_TOP1 = "probe/linear_top1"
 KNN_TOP1 = "probe/knn_top1"

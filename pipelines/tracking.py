@@ -392,7 +392,7 @@ def register_encoder(uri: str, run_id: str, name: str, alias: str = "best") -> s
     model_uri = run.data.tags.get(names.ENCODER_MODEL)
     if not model_uri:
         return None
-    tags = {k: str(v) for k, v in run.data.metrics.items() if k.startswith(("probe/", "baseline/"))}
+    tags = {k: str(v) for k, v in run.data.metrics.items() if k.startswith((names.PROBE_PREFIX, names.BASELINE_PREFIX))}
     if not os.environ.get("RAYSSL_VERBOSE"):
         _create_registered_model(c, name)  # register_model prints "Successfully registered model" when it makes it
     with _fluent_uri(uri):

@@ -379,7 +379,7 @@ def record_best(
             names.BEST_SELECTED_BY: selected_by,
         }
     )
-    finals = {k.replace("probe/", "best/"): best["metrics"][k] for k in BEST_FINALS if k in best["metrics"]}
+    finals = {k.replace(names.PROBE_PREFIX, names.BEST_PREFIX): best["metrics"][k] for k in BEST_FINALS if k in best["metrics"]}
     parent.log_metrics(finals)
     registered = tracking.Run(parent.uri, best["run_id"]).register_encoder(register_as)
     if registered:
