@@ -50,7 +50,18 @@ def test_all_rotations_labels_and_random_rotations_are_consistent():
 @pytest.mark.parametrize("all_rotations", [True, False])
 def test_rotation_step(all_rotations):
     out = _one_step("rotation", all_rotations=all_rotations)
-    assert torch.isfinite(out["loss"]) and 0 <= float(out["proxy_acc"]) <= 1
+    assert torch.isfinite(out["loss"])
+    # rotation accuracy over the batch: 4 images in each of 4 rotations, or each in one random rotation
+    predictions = 16 if all_rotations else 4
+    hits = out["proxy_acc"].item() * predictions
+    assert hits == pytest.approx(round(hits), abs=1e-5) and 0 <= round(hits) <= predictions
+    if all_rotations:  # the same 16 predictions, recomputed from the method's classifier
+        torch.manual_seed(0)
+        method = ssl_models.create_method("rotation", backbone="tiny_cnn", in_channels=1, image_size=32)
+        images, labels = pretext.all_rotations(torch.rand(4, 1, 32, 32) * 2 - 1)
+        with torch.no_grad():
+            first = method.classifier(method.encoder(images)).argmax(dim=1)
+        assert out["proxy_acc"].item() == pytest.approx((first == labels).float().mean().item())
     # An untrained 4-way classifier starts near log(4).
     assert out["loss"].item() == pytest.approx(np.log(4), abs=0.5)
 
