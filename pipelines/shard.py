@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from pipelines.data import DEFAULT_MAX_SIZE, IMAGE_SUFFIXES, SCHEMA, DataError, 
 from pipelines.sampling import hash_fraction, mixed_order
 from pipelines.sources import Encoded, Source, open_source
 
+Row = tuple[EncodedImage, int, str]  # (image, label, id): one row of a shard
+
 
 @dataclass
 class _SplitWriter:
@@ -42,7 +45,7 @@ class _SplitWriter:
     out_dir: str
     rows_per_shard: int
     encoding: str  # how images are encoded (mode, size, max_size): part of each part's digest
-    rows: list[tuple[EncodedImage, int, str]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     written: int = 0
     label_counts: Counter = field(default_factory=Counter)
     kinds: Counter = field(default_factory=Counter)
@@ -51,10 +54,18 @@ class _SplitWriter:
     reused: int = 0
     files: list[str] = field(default_factory=list)
 
-    def add(self, image: EncodedImage, label: int, image_id: str) -> None:
-        self.rows.append((image, label, image_id))
-        if len(self.rows) >= self.rows_per_shard:
-            self.flush()
+    def write(self, rows: Iterator[Row], limit: int | None) -> None:
+        """Write ``rows`` (a split's, from ``_rows``) up to ``limit`` of them, then the last part; closes ``rows``."""
+        with closing(rows):
+            # the limit is checked before the next row is asked for: files past it are neither read nor skipped
+            while limit is None or self.written + len(self.rows) < limit:
+                row = next(rows, None)
+                if row is None:
+                    break
+                self.rows.append(row)
+                if len(self.rows) >= self.rows_per_shard:
+                    self.flush()
+        self.flush()
 
     def flush(self) -> None:
         if not self.rows:
@@ -218,18 +229,7 @@ def write_shards(
     or more, or Ray already runs); the rows written are the same either way.
     ``label_set``: CIFAR-100's ``fine`` labels (the default) or its 20 ``coarse`` superclasses.
     """
-    if keep_labels is not None and not 0 <= keep_labels <= 1:
-        raise DataError(f"--keep-labels {keep_labels}: give the share of train labels to keep, between 0 and 1")
-    if max_size < 0:
-        raise DataError(f"--max-size {max_size}: give the largest shorter side in px, or 0 to keep every size")
-    if size is not None and size < 1:
-        raise DataError(f"--size {size}: give the square size in px (at least 1), or leave it out to keep each size")
-
-    def train_label(label: int, image_id: str) -> int:
-        if keep_labels is None or label < 0 or hash_fraction("keep-labels:" + image_id) < keep_labels:
-            return label
-        return -1
-
+    _check_options(keep_labels, max_size, size)
     src = open_source(source, mode, size, max_size, test_fraction, label_set)
     use_ray = _use_ray(parallel, src)
     out = out if storage.is_remote(out) else str(Path(out).expanduser().resolve())
@@ -239,8 +239,8 @@ def write_shards(
     writers = {s: _SplitWriter(f"{out}/{s}", rows_per_shard, encoding) for s in ("train", "test")}
     skipped: list[dict] = []
     for split, writer in writers.items():
-        relabel = train_label if split == "train" else None
-        skipped += _write_split(writer, src.items[split], src.encode, use_ray, limit, strict, relabel)
+        rows = _rows(src.items[split], src.encode, use_ray, strict, skipped)
+        writer.write(_kept_labels(rows, keep_labels) if split == "train" else rows, limit)
     if writers["train"].written == 0 and writers["test"].written == 0:
         why = f"all {len(skipped)} image files were unreadable" if skipped else "no image files found"
         raise DataError(f"{source}: {why}; image suffixes read: {', '.join(sorted(IMAGE_SUFFIXES))}")
@@ -251,31 +251,47 @@ def write_shards(
     return ShardResult(out, manifest, reused=sum(w.reused for w in writers.values()))
 
 
-def _write_split(
-    writer: _SplitWriter,
+def _check_options(keep_labels: float | None, max_size: int, size: int | None) -> None:
+    if keep_labels is not None and not 0 <= keep_labels <= 1:
+        raise DataError(f"--keep-labels {keep_labels}: give the share of train labels to keep, between 0 and 1")
+    if max_size < 0:
+        raise DataError(f"--max-size {max_size}: give the largest shorter side in px, or 0 to keep every size")
+    if size is not None and size < 1:
+        raise DataError(f"--size {size}: give the square size in px (at least 1), or leave it out to keep each size")
+
+
+def _rows(
     items: list[tuple[str, int, object]],
     encode: Callable[[list], list[Encoded]],
     use_ray: bool,
-    limit: int | None,
     strict: bool,
-    relabel: Callable[[int, str], int] | None,
-) -> list[dict]:
-    """Encode and write one split's items in the mixed order, up to ``limit`` rows; the unreadable ones skipped."""
+    skipped: list[dict],
+) -> Iterator[Row]:
+    """One split's readable rows, encoded in the mixed order; each unreadable file is added to ``skipped``.
+
+    A lazy stream: when the writer stops (``limit`` reached), closing it cancels the encode tasks in flight.
+    """
     items = [items[i] for i in mixed_order([it[0] for it in items], [it[1] for it in items])]
     results = _encoded_in_order([key for _, _, key in items], encode, use_ray)
-    skipped = []
-    for (image_id, label, key), result in zip(items, results, strict=False):  # results stop at the limit
-        if limit is not None and writer.written + len(writer.rows) >= limit:
-            results.close()  # cancels the tasks still in flight
-            break
-        if isinstance(result, str):
-            if strict:
-                raise DataError(f"{key}: {result}; fix or remove it, or run without --strict to skip it")
-            skipped.append({"file": image_id, "reason": result})
-            continue
-        writer.add(result, relabel(label, image_id) if relabel else label, image_id)
-    writer.flush()
-    return skipped
+    try:
+        for (image_id, label, key), result in zip(items, results, strict=False):
+            if isinstance(result, str):
+                if strict:
+                    raise DataError(f"{key}: {result}; fix or remove it, or run without --strict to skip it")
+                skipped.append({"file": image_id, "reason": result})
+                continue
+            yield result, label, image_id
+    finally:
+        results.close()
+
+
+def _kept_labels(rows: Iterator[Row], keep_labels: float | None) -> Iterator[Row]:
+    """``rows`` with ``keep_labels`` (0..1) of their labels, chosen by a hash of the image id; the rest unlabeled (-1)."""
+    with closing(rows):  # closed when the writer stops: the encode tasks in flight are cancelled
+        for image, label, image_id in rows:
+            if keep_labels is not None and label >= 0 and hash_fraction("keep-labels:" + image_id) >= keep_labels:
+                label = -1
+            yield image, label, image_id
 
 
 def _manifest(source: str, src: Source, writers: dict, skipped: list[dict], keep_labels: float | None, max_size: int) -> dict:
