@@ -3,6 +3,10 @@
 The stages it calls each live in one module: ``stream`` (Ray Data: shards to views),
 ``worker`` (the Ray Train loop and its epoch), ``checkpoint`` (the format), ``evaluate``
 (the probes), ``cluster`` (the Ray session) and ``tracking`` (MLflow).
+
+It reads top to bottom: ``pretrain``, then each step in the order it calls them. The config is
+resolved once (``config.resolve``): ``pretrain`` resolves the one it is given (a resolved one comes
+back unchanged); the steps take it as given, and ``fit`` refuses one that was not resolved.
 """
 
 from __future__ import annotations
@@ -42,6 +46,48 @@ class PretrainResult:
     wall_s: float
 
 
+def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
+    """Pretrain, probe and record one run; returns the MLflow run id and final metrics.
+
+    ``callbacks`` are Ray Train ``UserCallback``s (they run in Ray Train's controller).
+    """
+    cfg = resolve(cfg)  # unchanged when the caller resolved it (the CLI); benchmarks and tests may pass their own
+    manifest = validate(cfg)
+    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)
+    tracking.check_reachable(uri)
+    run_name = cfg.tracking.run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = open_pretrain_run(cfg, uri, run_name)
+    with run.status():
+        ensure_ray()
+        metrics, checkpoint = fit_and_probe(cfg, manifest, run, f"{run_name}-{run.run_id[:8]}", cfg.storage("ray"), callbacks)
+    return PretrainResult(run.run_id, uri, metrics, checkpoint, metrics[names.WALL_S])
+
+
+def open_pretrain_run(cfg: Config, uri: str, run_name: str) -> tracking.Run:
+    """A new MLflow run, or the newest run of that name again when it did not finish.
+
+    Reopening the run also resumes its training: the Ray Train run name derives from the
+    MLflow run id, and Ray Train continues a run name from its last checkpoint.
+    """
+    unfinished = None
+    if cfg.tracking.run_name:
+        previous = tracking.find_runs(uri, cfg.tracking.experiment, {names.KIND: names.KIND_PRETRAIN, names.RUN_NAME: run_name})
+        if previous and previous[0].info.status != "FINISHED":
+            info = previous[0].info
+            print(f"resuming run {run_name} (MLflow {info.run_id}, was {info.status}) from its last checkpoint")
+            unfinished = tracking.Run(uri, info.run_id)
+    return tracking.open_run(
+        uri,
+        cfg.tracking.experiment,
+        run_name,
+        cfg.flat(),
+        names.KIND_PRETRAIN,
+        reopen=unfinished,
+        labeled=has_labels(cfg),
+        from_recipe=cfg.from_recipe,
+    )
+
+
 def validate(cfg: Config) -> dict:
     """Everything that can be checked before Ray starts; returns the shards' manifest. Changes nothing in ``cfg``."""
     check_capacity(cfg)
@@ -76,25 +122,33 @@ def validate(cfg: Config) -> dict:
     return manifest
 
 
-def _fit_with_timeout(trainer: TorchTrainer, timeout_s: float | None):
-    if timeout_s is None:
-        return trainer.fit()
-    box: dict = {}
+def fit_and_probe(
+    cfg: Config, manifest: dict, run: tracking.Run, ray_run_name: str, storage_path: str, callbacks: list | None = None
+) -> tuple[dict[str, float], str]:
+    """Train, then probe the final checkpoint; logs to the open MLflow ``run``.
 
-    def target():
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as err:  # handed to the caller's thread
-            box["error"] = err
+    Returns the final metrics and the final checkpoint's path.
+    """
+    log_config(cfg, run)
+    t0 = time.perf_counter()
+    result = fit(cfg, manifest, run, ray_run_name, storage_path, callbacks)
+    final = checkpoint.uri_of(result.checkpoint)
+    metrics = probe_checkpoint_and_log(cfg, manifest, run, final)
+    metrics["wall_s"] = time.perf_counter() - t0
+    metrics.update({k: v for k, v in (result.metrics or {}).items() if k.startswith("train/")})
+    run.log_metrics({names.WALL_S: metrics[names.WALL_S]}, step=cfg.train.epochs)
+    return metrics, final
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise TimeoutError(f"pretraining did not finish within train.timeout_s={timeout_s}")
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+
+def log_config(cfg: Config, run: tracking.Run) -> None:
+    """The resolved config as an artifact, and the shards (and a separate probe set) as the run's dataset inputs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "config.yaml"
+        config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        run.log_artifact(config_file)
+    run.log_dataset_inputs(cfg.data.shards, read_manifest(cfg.data.shards))
+    if cfg.probe.shards and cfg.probe.shards != cfg.data.shards:
+        run.log_dataset_inputs(cfg.probe.shards, read_manifest(cfg.probe.shards), context="probe")
 
 
 def fit(
@@ -151,33 +205,25 @@ def fit(
     return result
 
 
-def log_config(cfg: Config, run: tracking.Run) -> None:
-    """The resolved config as an artifact, and the shards (and a separate probe set) as the run's dataset inputs."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config_file = Path(tmp) / "config.yaml"
-        config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        run.log_artifact(config_file)
-    run.log_dataset_inputs(cfg.data.shards, read_manifest(cfg.data.shards))
-    if cfg.probe.shards and cfg.probe.shards != cfg.data.shards:
-        run.log_dataset_inputs(cfg.probe.shards, read_manifest(cfg.probe.shards), context="probe")
+def _fit_with_timeout(trainer: TorchTrainer, timeout_s: float | None):
+    if timeout_s is None:
+        return trainer.fit()
+    box: dict = {}
 
+    def target():
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # handed to the caller's thread
+            box["error"] = err
 
-def fit_and_probe(
-    cfg: Config, manifest: dict, run: tracking.Run, ray_run_name: str, storage_path: str, callbacks: list | None = None
-) -> tuple[dict[str, float], str]:
-    """Train, then probe the final checkpoint; logs to the open MLflow ``run``.
-
-    Returns the final metrics and the final checkpoint's path.
-    """
-    log_config(cfg, run)
-    t0 = time.perf_counter()
-    result = fit(cfg, manifest, run, ray_run_name, storage_path, callbacks)
-    final = checkpoint.uri_of(result.checkpoint)
-    metrics = probe_checkpoint_and_log(cfg, manifest, run, final)
-    metrics["wall_s"] = time.perf_counter() - t0
-    metrics.update({k: v for k, v in (result.metrics or {}).items() if k.startswith("train/")})
-    run.log_metrics({names.WALL_S: metrics[names.WALL_S]}, step=cfg.train.epochs)
-    return metrics, final
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"pretraining did not finish within train.timeout_s={timeout_s}")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def probe_checkpoint_and_log(cfg: Config, manifest: dict, run: tracking.Run, checkpoint_dir: str) -> dict[str, float]:
@@ -205,45 +251,3 @@ def log_encoder(method, cfg: Config, run: tracking.Run) -> str:
     # two real images, as the probes see them: the input example and the export's trace
     example = load_images(cfg.data.shards, "train", 2, view_size(cfg, read_manifest(cfg.data.shards)))
     return run.log_encoder_model(EmbeddingModel(method.encoder).eval(), example)  # and tags the run with it
-
-
-def open_pretrain_run(cfg: Config, uri: str, run_name: str) -> tracking.Run:
-    """A new MLflow run, or the newest run of that name again when it did not finish.
-
-    Reopening the run also resumes its training: the Ray Train run name derives from the
-    MLflow run id, and Ray Train continues a run name from its last checkpoint.
-    """
-    unfinished = None
-    if cfg.tracking.run_name:
-        previous = tracking.find_runs(uri, cfg.tracking.experiment, {names.KIND: names.KIND_PRETRAIN, names.RUN_NAME: run_name})
-        if previous and previous[0].info.status != "FINISHED":
-            info = previous[0].info
-            print(f"resuming run {run_name} (MLflow {info.run_id}, was {info.status}) from its last checkpoint")
-            unfinished = tracking.Run(uri, info.run_id)
-    return tracking.open_run(
-        uri,
-        cfg.tracking.experiment,
-        run_name,
-        cfg.flat(),
-        names.KIND_PRETRAIN,
-        reopen=unfinished,
-        labeled=has_labels(cfg),
-        from_recipe=cfg.from_recipe,
-    )
-
-
-def pretrain(cfg: Config, callbacks: list | None = None) -> PretrainResult:
-    """Pretrain, probe and record one run; returns the MLflow run id and final metrics.
-
-    ``callbacks`` are Ray Train ``UserCallback``s (they run in Ray Train's controller).
-    """
-    cfg = resolve(cfg)  # unchanged when the caller resolved it (the CLI); benchmarks and tests may pass their own
-    manifest = validate(cfg)
-    uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri, cfg.tracking.runs_dir)
-    tracking.check_reachable(uri)
-    run_name = cfg.tracking.run_name or f"{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = open_pretrain_run(cfg, uri, run_name)
-    with run.status():
-        ensure_ray()
-        metrics, checkpoint = fit_and_probe(cfg, manifest, run, f"{run_name}-{run.run_id[:8]}", cfg.storage("ray"), callbacks)
-    return PretrainResult(run.run_id, uri, metrics, checkpoint, metrics[names.WALL_S])

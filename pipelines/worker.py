@@ -59,6 +59,12 @@ class Worker:
     warmup: int
     base_lr: float
     step_log: StepLog  # rank 0's points and progress lines within an epoch
+    steps_per_epoch: int
+    end_epoch: int  # the epoch to stop before: train.epochs, or a PBT segment's stop_epoch
+    manifest: dict  # the shards' manifest, saved in each checkpoint
+    run_id: str  # the MLflow run, and its tracking URI
+    uri: str
+    buffer: MetricBuffer | None  # rank 0's MLflow rows, held while the tracking server is away
 
 
 def to_channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -173,7 +179,21 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 def _train_loop(loop_config: dict) -> None:
     """One Ray Train worker: DDP model, streamed views, one report + checkpoint per epoch."""
     quiet_ray_train_report_lines(loop_config["ray_log_level"])
-    cfg = Config.model_validate(loop_config["config"])
+    w, start_epoch = build_worker(Config.model_validate(loop_config["config"]), loop_config)
+    probes = epoch_probes(w.cfg, w.rank)
+    _record_worker_nodes(w.rank, w.world, w.uri, w.run_id, start_epoch + 1)
+    shard = ray.train.get_dataset_shard("train")
+    step = start_epoch * w.steps_per_epoch
+    for epoch in range(start_epoch, w.end_epoch):
+        metrics, step = train_epoch(w, shard, epoch, step)
+        for name, epoch_probe in probes.items():
+            metrics[name] = epoch_probe(w.inner.encoder, w.device)
+        end_epoch(w, epoch, metrics)
+
+
+def build_worker(cfg: Config, loop_config: dict) -> tuple[Worker, int]:
+    """This worker's method, optimizer and schedule, continued from a checkpoint when there is one;
+    returns the worker and the first epoch to train."""
     manifest, run_id, uri = loop_config["manifest"], loop_config["run_id"], loop_config["tracking_uri"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -187,17 +207,7 @@ def _train_loop(loop_config: dict) -> None:
     if cfg.train.sync_batchnorm and world > 1:  # before the optimizer takes the parameters; names stay the same
         method = convert_sync_batchnorm(method, cuda=cfg.train.use_gpu)
     optimizer = build_method_optimizer(cfg, method)
-    start_epoch, pending = 0, []
-    saved = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure
-    if saved is None and loop_config.get("init_checkpoint"):  # a PBT segment continues a checkpoint
-        saved = Checkpoint(loop_config["init_checkpoint"])
-    if saved is not None:  # continue where the last epoch ended
-        with saved.as_directory() as folder:
-            state = checkpoint.load(folder)
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-        pending = state.get("pending_metrics", [])
+    start_epoch, pending = _continue_checkpoint(method, optimizer, loop_config.get("init_checkpoint"))
     if cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
 
@@ -231,38 +241,61 @@ def _train_loop(loop_config: dict) -> None:
             last_step=end_epoch * steps_per_epoch,
             images_per_step=per_worker * world,
         ),
+        steps_per_epoch=steps_per_epoch,
+        end_epoch=end_epoch,
+        manifest=manifest,
+        run_id=run_id,
+        uri=uri,
+        buffer=buffer,
     )
-    shard = ray.train.get_dataset_shard("train")
+    return w, start_epoch
 
-    # Per-epoch probes on rank 0: kNN when the probe set has labels, RankMe always (label-free).
-    epoch_probes = {}
+
+def _continue_checkpoint(method: nn.Module, optimizer, init_checkpoint: str | None) -> tuple[int, list]:
+    """Load the checkpoint this run continues, if any; returns the first epoch to train and the metric rows
+    the tracking server had not taken yet."""
+    saved = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure
+    if saved is None and init_checkpoint:  # a PBT segment continues a checkpoint
+        saved = Checkpoint(init_checkpoint)
+    if saved is None:
+        return 0, []
+    with saved.as_directory() as folder:  # continue where the last epoch ended
+        state = checkpoint.load(folder)
+    method.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"] + 1, state.get("pending_metrics", [])
+
+
+def epoch_probes(cfg: Config, rank: int) -> dict:
+    """Per-epoch probes on rank 0: kNN when the probe set has labels, RankMe always (label-free)."""
+    probes = {}
     if rank == 0 and cfg.probe.epoch_knn_images and has_labels(cfg):
-        epoch_probes[names.EPOCH_KNN_TOP1] = EpochKNN(cfg)
+        probes[names.EPOCH_KNN_TOP1] = EpochKNN(cfg)
     if rank == 0 and cfg.probe.rankme_images:
-        epoch_probes[names.EPOCH_RANKME] = EpochRankMe(cfg)
-    _record_worker_nodes(rank, world, uri, run_id, start_epoch + 1)
-    step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, end_epoch):
-        metrics, step = train_epoch(w, shard, epoch, step)
-        for name, epoch_probe in epoch_probes.items():
-            metrics[name] = epoch_probe(method.encoder, device)
-        with tempfile.TemporaryDirectory() as folder:
-            if rank == 0:
-                buffer.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
-                checkpoint.save(
-                    folder,
-                    model=method,
-                    optimizer=optimizer,
-                    epoch=epoch,
-                    config=cfg.model_dump(mode="json"),
-                    manifest=manifest,
-                    run_id=run_id,
-                    uri=uri,
-                    pending=buffer.pending,
-                )
-                say(
-                    f"epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.3f}  "
-                    f"proxy_acc {metrics['train/proxy_acc']:.2f}  {metrics['train/images_per_s']:.0f} images/s  "
-                    f"lr {metrics['train/lr']:.4f}"
-                )
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder) if rank == 0 else None)
+        probes[names.EPOCH_RANKME] = EpochRankMe(cfg)
+    return probes
+
+
+def end_epoch(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
+    """The end of an epoch: rank 0 logs the metrics, saves the checkpoint and prints the epoch's line; every
+    rank reports to Ray Train (with rank 0's checkpoint)."""
+    with tempfile.TemporaryDirectory() as folder:
+        if w.rank == 0:
+            w.buffer.log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+            checkpoint.save(
+                folder,
+                model=w.inner,
+                optimizer=w.optimizer,
+                epoch=epoch,
+                config=w.cfg.model_dump(mode="json"),
+                manifest=w.manifest,
+                run_id=w.run_id,
+                uri=w.uri,
+                pending=w.buffer.pending,
+            )
+            say(
+                f"epoch {epoch + 1}/{w.cfg.train.epochs}  loss {metrics['train/loss']:.3f}  "
+                f"proxy_acc {metrics['train/proxy_acc']:.2f}  {metrics['train/images_per_s']:.0f} images/s  "
+                f"lr {metrics['train/lr']:.4f}"
+            )
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder) if w.rank == 0 else None)
