@@ -8,8 +8,10 @@ same store. Runs always end FINISHED, FAILED or KILLED.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -393,23 +395,27 @@ def register_encoder(uri: str, run_id: str, name: str, alias: str = "best") -> s
     if not model_uri:
         return None
     tags = {k: str(v) for k, v in run.data.metrics.items() if k.startswith((names.PROBE_PREFIX, names.BASELINE_PREFIX))}
-    if not os.environ.get("RAYSSL_VERBOSE"):
-        _create_registered_model(c, name)  # register_model prints "Successfully registered model" when it makes it
-    with _fluent_uri(uri):
+    with _fluent_uri(uri), _prints_held_back():  # "Successfully registered model", "Created version 1"
         version = mlflow.register_model(model_uri, name, tags={**tags, names.RUN_ID: run_id})
     c.set_registered_model_alias(name, alias, version.version)
     return f"models:/{name}@{alias}"
 
 
-def _create_registered_model(mlflow_client, name: str) -> None:
-    """The registered model ``name``, made here when it is new (quietly); a model already there is kept."""
-    from mlflow.exceptions import MlflowException
-
+@contextmanager
+def _prints_held_back() -> Iterator[None]:
+    """What MLflow prints on stderr in the block (its ``eprint`` lines, which no logger level stops) is held
+    back, unless ``--verbose``; its warnings and errors pass, and everything is shown when the block fails."""
+    if os.environ.get("RAYSSL_VERBOSE"):
+        yield
+        return
+    held = io.StringIO()
     try:
-        mlflow_client.create_registered_model(name)
-    except MlflowException as err:
-        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-            raise
+        with contextlib.redirect_stderr(held):
+            yield
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
+    sys.stderr.writelines(line for line in held.getvalue().splitlines(keepends=True) if " WARNING " in line or " ERROR " in line)
 
 
 def registered_run_id(uri: str, model_uri: str) -> str:

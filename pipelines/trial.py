@@ -66,18 +66,18 @@ class SpaceLabels:
     """How the params Tune hands a trial map back to config keys (``tune.tune_param_space`` makes them).
 
     A bundle (one space key whose values each set several config keys) reaches Tune as a choice of
-    labels, so that Tune's table reads ``simclr``, not a truncated mapping; ``columns`` are entries
-    that only label that table.
+    labels, so that Tune's table reads ``simclr``, not a truncated mapping; ``shown`` are entries that
+    only show the bundle's values in Tune's output.
     """
 
     bundles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # space key -> label -> its keys
-    columns: tuple[str, ...] = ()
+    shown: tuple[str, ...] = ()
 
     def params(self, tune_params: dict[str, Any]) -> dict[str, Any]:
-        """The trial's searched values, each bundle as the mapping it stands for, the table-only entries left out."""
+        """The trial's searched values, each bundle as the mapping it stands for, the entries that only show values left out."""
         out = {}
         for key, value in tune_params.items():
-            if key in self.columns:
+            if key in self.shown:
                 continue
             by_label = self.bundles.get(key, {})
             out[key] = by_label[value] if isinstance(value, str) and value in by_label else value

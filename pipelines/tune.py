@@ -176,32 +176,32 @@ def max_concurrent_trials(cfg: Config) -> int:
 
 
 def bundle_labels(entry: SpaceEntry) -> list[str]:
-    """What Tune's table calls each value of a bundle: its method when each names another one, else KEY-1, KEY-2, ..."""
+    """What Tune's table calls each value of a bundle: its method (``simclr``; ``simclr-1``, ``simclr-2`` when
+    bundles share one), else ``KEY-1``, ``KEY-2``, ..."""
     methods = [v.get("method.name") for v in entry.args]
-    if None not in methods and len(set(methods)) == len(methods):
+    if None in methods:
+        return [f"{entry.key}-{i + 1}" for i in range(len(entry.args))]
+    if len(set(methods)) == len(methods):
         return [str(m) for m in methods]
-    return [f"{entry.key}-{i + 1}" for i in range(len(entry.args))]
+    return [f"{m}-{i + 1}" for i, m in enumerate(methods)]
 
 
 def _bundle_value(key: str, by_label: dict[str, dict], inner: str, config: dict) -> Any:
     return by_label[config[key]].get(inner)
 
 
-def _table_columns(key: str, by_label: dict[str, dict], taken: set[str]) -> dict[str, Any]:
-    """Table-only param-space entries for one bundle: its method (unless the labels are the methods)
-    and each config key whose value differs between the bundles that set it, under its short name."""
-    columns = {}
-    methods_are_labels = all(v.get("method.name") == label for label, v in by_label.items())
+def _shown_values(key: str, by_label: dict[str, dict], taken: set[str]) -> dict[str, Any]:
+    """Param-space entries that only show a bundle's values: each config key whose value differs between
+    the bundles that set it, under its short name, resolved from the trial's bundle."""
+    shown: dict[str, Any] = {}
     for inner in dict.fromkeys(k for v in by_label.values() for k in v):
-        if inner == "method.name":
-            if methods_are_labels:
-                continue
-        elif len({json.dumps(v[inner]) for v in by_label.values() if inner in v}) < 2:
-            continue
-        name = "method" if inner == "method.name" else inner.rsplit(".", 1)[-1]
-        name = inner if name in taken or name in columns else name
-        columns[name] = tune.sample_from(functools.partial(_bundle_value, key, by_label, inner))
-    return columns
+        if inner == "method.name" or len({json.dumps(v[inner]) for v in by_label.values() if inner in v}) < 2:
+            continue  # the method is in the label; a value all bundles share says nothing
+        name = inner.rsplit(".", 1)[-1]
+        shown[inner if name in taken or name in shown else name] = tune.sample_from(
+            functools.partial(_bundle_value, key, by_label, inner)
+        )
+    return shown
 
 
 def tune_param_space(space: Space, search: str) -> tuple[dict[str, Any], SpaceLabels]:
@@ -209,12 +209,13 @@ def tune_param_space(space: Space, search: str) -> tuple[dict[str, Any], SpaceLa
 
     Tune's progress table shows each searched value cut to 20 characters: a bundle's mapping read
     ``...ent.flip_p': 0.0}`` in every row. So a bundle goes to Tune as a choice of labels (its method),
-    and table-only entries resolved from the trial's bundle show the values that differ between bundles.
-    Optuna takes no ``sample_from``: its table shows the labels only.
+    and the values that differ between bundles are entries of their own, which Tune prints with each
+    trial's config and the best trial (Tune 2.60 leaves ``sample_from`` entries out of the table's
+    columns). Optuna takes no ``sample_from``: it gets the labels only.
     """
     tune_space: dict[str, Any] = {}
     bundles: dict[str, dict[str, dict]] = {}
-    columns: dict[str, Any] = {}
+    shown: dict[str, Any] = {}
     for key, entry in space.items():
         if not entry.bundle:
             tune_space[key] = entry.to_tune(search)
@@ -223,8 +224,8 @@ def tune_param_space(space: Space, search: str) -> tuple[dict[str, Any], SpaceLa
         bundles[key] = dict(zip(labels, entry.args, strict=True))
         tune_space[key] = dataclasses.replace(entry, args=labels).to_tune(search)
         if search != "optuna":
-            columns |= _table_columns(key, bundles[key], set(space) | set(columns))
-    return {**tune_space, **columns}, SpaceLabels(bundles, tuple(columns))
+            shown |= _shown_values(key, bundles[key], set(space) | set(shown))
+    return {**tune_space, **shown}, SpaceLabels(bundles, tuple(shown))
 
 
 def _finish_unfinished_trials(cfg: Config, search: _Search, results) -> None:

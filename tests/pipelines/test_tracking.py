@@ -110,16 +110,27 @@ def test_mlflow_is_quiet_unless_verbose(tmp_path, monkeypatch, capfd):
         run.log_artifact(tmp_path / "a.txt")
         capfd.readouterr()
         run.download_artifact("a.txt", tmp_path / "back")
-        tracking._create_registered_model(tracking.client(uri), "quiet-model")
-        tracking._create_registered_model(tracking.client(uri), "quiet-model")  # already there: kept
+        from mlflow.utils.logging_utils import eprint
+
+        with tracking._prints_held_back():  # as register_model prints, whatever the logger's level
+            eprint("Successfully registered model 'quiet-model'.")
+            eprint("2026/12/03 10:00:00 WARNING mlflow.models: a warning still shows")
         out = capfd.readouterr()
         assert "Downloading artifacts" not in out.err + out.out and "Successfully registered" not in out.err + out.out
+        assert "a warning still shows" in out.err
+        with pytest.raises(RuntimeError), tracking._prints_held_back():
+            eprint("what MLflow said before it failed")
+            raise RuntimeError("boom")
+        assert "what MLflow said before it failed" in capfd.readouterr().err
 
         monkeypatch.setenv("RAYSSL_VERBOSE", "1")
         monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "INFO")
         logging.getLogger("mlflow").setLevel(logging.INFO)
         tracking.client(uri)
         assert logging.getLogger("mlflow").level == logging.INFO  # --verbose: MLflow's own lines stay
+        with tracking._prints_held_back():
+            eprint("Created version '1' of model 'quiet-model'.")
+        assert "Created version" in capfd.readouterr().err
     finally:
         logging.getLogger("mlflow").setLevel(level)
 

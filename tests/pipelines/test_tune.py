@@ -40,6 +40,7 @@ def _base(shards, runs_dir, epochs=2, workers=2):
             "probe.max_test_images=256",
             "probe.baselines=false",
             "probe.epoch_knn_images=200",
+            "tracking.log_model=false",  # ~10 s a trial (each a new process): only the ASHA test asserts on models
             f"tracking.runs_dir={runs_dir}",
         ],
     )
@@ -127,7 +128,7 @@ def test_a_bundle_varies_several_keys_together_and_is_checked_before_ray(tmp_pat
 
 def test_tunes_table_shows_each_bundles_method_and_the_values_that_differ():
     # Tune's progress table cuts every value to 20 characters: a bundle's mapping read
-    # "...ent.flip_p': 0.0}" in every row. It gets its method as label and one column per differing value.
+    # "...ent.flip_p': 0.0}" in every row. It gets its method as label, and each differing value an entry.
     from ray.tune.search.variant_generator import generate_variants
 
     from pipelines.trial import trial_config
@@ -136,7 +137,7 @@ def test_tunes_table_shows_each_bundles_method_and_the_values_that_differ():
     space = read_space("demo", set(build_config().flat()))
     param_space, labels = tune_param_space(space, "grid")
     assert sorted(labels.bundles["recipe"]) == ["rotation", "simclr", "vicreg"]
-    assert labels.columns == ("jitter_strength", "jitter_p", "blur_p")  # crop_scale and flip_p: the same in both
+    assert labels.shown == ("jitter_strength", "jitter_p", "blur_p")  # crop_scale and flip_p: the same in both
     shown = [config for _, config in generate_variants(param_space)]
     assert [(c["recipe"], c["jitter_strength"], c["blur_p"]) for c in shown] == [
         ("simclr", 0.714, 0.575),
@@ -144,15 +145,18 @@ def test_tunes_table_shows_each_bundles_method_and_the_values_that_differ():
         ("rotation", None, None),
     ]
     params = labels.params(shown[1])
-    assert params == {"recipe": labels.bundles["recipe"]["vicreg"]}  # the table-only columns are left out
+    assert params == {"recipe": labels.bundles["recipe"]["vicreg"]}  # the entries that only show values are left out
     cfg, _ = trial_config(build_config().model_dump(mode="json"), params)
     assert (cfg.method.name, cfg.data.augment.jitter_strength, cfg.data.augment.flip_p) == ("vicreg", 0.923, 0.0)
-    # bundles that share a method are numbered, and the method gets a column of its own
+    # bundles that share a method are numbered; without a method, by the key
     twice = _space_entries({"recipe": {"choice": [{"method.name": "simclr", "optim.lr": 0.1}, {"method.name": "simclr"}]}})
     param_space, labels = tune_param_space(twice, "random")
-    assert sorted(labels.bundles["recipe"]) == ["recipe-1", "recipe-2"] and labels.columns == ("method",)
-    assert [c["method"] for _, c in generate_variants(tune_param_space(twice, "grid")[0])] == ["simclr", "simclr"]
-    assert tune_param_space(space, "optuna")[1].columns == ()  # Optuna takes no sample_from: labels only
+    assert sorted(labels.bundles["recipe"]) == ["simclr-1", "simclr-2"] and labels.shown == ()  # lr: set by one only
+    lrs = _space_entries({"opt": {"grid": [{"optim.lr": 0.1}, {"optim.lr": 0.2}]}, "optim.name": {"grid": ["sgd"]}})
+    param_space, labels = tune_param_space(lrs, "grid")
+    assert sorted(labels.bundles["opt"]) == ["opt-1", "opt-2"] and labels.shown == ("lr",)
+    assert [(c["opt"], c["lr"]) for _, c in generate_variants(param_space)] == [("opt-1", 0.1), ("opt-2", 0.2)]
+    assert tune_param_space(space, "optuna")[1].shown == ()  # Optuna takes no sample_from: labels only
 
 
 def _space_entries(tree: dict):
@@ -221,6 +225,7 @@ def test_asha_grid_search_one_child_run_per_trial_and_compare(ray_session, fmnis
     # at a time (2 workers on 2 CPUs), and the metric is the lr itself, so at epoch 1 the
     # second trial is below the rung's cutoff set by the first.
     cfg = _base(fmnist_shards, tmp_path / "runs")
+    cfg.tracking.log_model = True  # each trial's encoder, and the best one registered
     result, children = _search_ranked_by_lr(cfg, tmp_path, [0.1, 0.05], "asha", "asha-test")
     assert len(children) == len(result.trials) == 2
     for run in children:
@@ -325,6 +330,7 @@ def _interrupt_and_resume(fmnist_shards, s3, tmp_path, runs_dir, uri):
     for item in ("data.batch_size=64", "data.max_train_images=256", "method.backbone=tiny_cnn", "train.epochs=1"):
         args += ["--set", item]
     args += ["--set", "probe.baselines=false", "--set", "probe.max_train_images=256", "--set", "probe.max_test_images=128"]
+    args += ["--set", "tracking.log_model=false"]  # ~10 s a trial; nothing here reads the models
     env = own_ray_env()
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Interrupt once the first trial's run has finished: read the driver's output line by line.
