@@ -2,8 +2,10 @@
 
 Like timm's ``register_model``/``create_model``: the CLI, tests, Tune spaces and reports all
 read one list per kind, so a method, backbone or view policy exists once it is registered.
-Modules register by decorator when imported; ``ssl_models.methods`` imports every method
-module by name.
+Modules register by decorator when imported, and each package (``methods``, ``backbones``,
+``views``) imports its modules by name in its ``__init__``. Backbones and view policies keep their
+registry in a ``_registry`` module of their package, and methods theirs here, so a module that
+registers itself never imports the package that imports it.
 """
 
 from __future__ import annotations
