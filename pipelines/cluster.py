@@ -58,7 +58,11 @@ def ensure_ray(resources: dict | None = None) -> None:
         if cluster_address():  # a job on a cluster keeps the runtime env it was submitted with
             ray.init(log_to_driver=True)
         else:
-            env = {"env_vars": {"RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]}}
+            env = {
+                "env_vars": {"RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]},
+                # no traceback when Ray ends a worker with SIGTERM mid-finalizer (pipelines/ray_exit.py)
+                "worker_process_setup_hook": "pipelines.ray_exit.quiet_sigterm_exit",
+            }
             ray.init(resources=resources, log_to_driver=True, runtime_env=env)
             global _started_local_ray
             _started_local_ray = True
