@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,7 +13,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +23,15 @@ from pipelines.data import FASHION_MNIST_DIR
 from pipelines.shard import write_shards
 
 VENV_BIN = Path(sys.executable).parent
+
+# Ray Train on a 2-core test machine, set before any Ray starts so that every raylet, Tune trial and rayssl
+# driver a test starts inherits them (~10 s less a run, 52-56 s against 42-45 s for a 3-epoch TINY_RUN):
+# - its controller polls the workers every 2 s by default: each start, report, restart and end waits for the
+#   next poll. A missed poll is not an error (only one hanging for RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S is).
+# - the preemption watcher (an extra actor process each run) watches for spot-instance notices, which a
+#   local machine never gets.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 # A tiny real run: tiny_cnn on 512 Fashion-MNIST images, 3 epochs, small probes (fault and 2-node tests).
@@ -143,6 +156,52 @@ def ray_session(s3):
     yield start_ray()
 
 
+@dataclass
+class SharedRun:
+    """One finished pretraining run that several tests assert on: its config, result and MLflow URI."""
+
+    cfg: Any
+    result: Any
+    uri: str
+
+
+# The shared run's per-step points: every 3 optimizer steps (16 an epoch: 1,024 images / 2 workers / 32)
+SHARED_RUN_LOG_EVERY = 3
+
+
+@pytest.fixture(scope="session")
+def shared_pretrain_run(s3, fmnist_shards, mlflow_server, tmp_path_factory) -> SharedRun:
+    """SimCLR on tiny_cnn, 2 epochs over the 1,024 Fashion-MNIST shards, probes and baselines, recorded by the
+    session's MLflow server; one Ray Train run (~30 s) that the end-to-end and step-logging tests share.
+
+    The shards path is given relative, as users type it: workers run in another folder, so the driver must
+    resolve it."""
+    from pipelines.config import build_config
+    from pipelines.train import pretrain
+
+    start_ray()
+    runs_dir = tmp_path_factory.mktemp("shared-run") / "runs"
+    overrides = [
+        f"data.shards={fmnist_shards.name}",
+        "data.batch_size=64",
+        "method.backbone=tiny_cnn",
+        "train.epochs=2",
+        "train.sync_batchnorm=true",  # GlobalBatchNorm under DDP on 2 CPU workers (off by default on CPUs)
+        f"train.log_every_steps={SHARED_RUN_LOG_EVERY}",
+        "train.timeout_s=400",
+        "probe.linear_epochs=5",
+        "probe.knn_k=20",
+        f"tracking.runs_dir={runs_dir}",
+        f"tracking.tracking_uri={mlflow_server}",
+        "tracking.experiment=e2e",
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(fmnist_shards.parent)
+        cfg = build_config({}, overrides)
+        result = pretrain(cfg)
+    return SharedRun(cfg, result, mlflow_server)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_ray_at_the_end():
     yield
@@ -157,6 +216,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@functools.cache
+def _migrated_mlflow_store() -> Path:
+    """An empty SQLite tracking store with MLflow's migrations applied, made once a session in this process (~2 s).
+
+    A new server's store starts as a copy of it: a server migrating a fresh file itself spends ~8 s of its
+    start-up on that. The default experiment is left out, so that each server creates its own, with its own
+    artifact root, as on a fresh file."""
+    import atexit
+    import sqlite3
+    import tempfile
+
+    from pipelines import tracking
+
+    folder = Path(tempfile.mkdtemp(prefix="rayssl-mlflow-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    db = folder / "mlflow.db"
+    tracking.client(f"sqlite:///{db}").search_experiments()  # opening the store migrates it
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+    return db
+
+
 class MlflowServer:
     """A real `mlflow server` process on 127.0.0.1 with a SQLite store; it can stop and start again on the same port."""
 
@@ -168,7 +249,10 @@ class MlflowServer:
 
     def start(self) -> str:
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-        cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}"]
+        db = self.root / "mlflow.db"
+        if not db.exists():
+            shutil.copyfile(_migrated_mlflow_store(), db)
+        cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}"]
         cmd += ["--artifacts-destination", self.artifacts, "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--workers", "1"]
         log = self.root / "server.log"
@@ -331,10 +415,11 @@ class TcpOutage:
                 dst.shutdown(socket.SHUT_WR)
 
 
-def measured(name: str, value: float, *, above: float | None = None, below: float | None = None) -> float:
-    """Return ``value`` unchanged, and when ``RAYSSL_MEASURED`` names a file, append it there with the
-    test's id and the threshold it is held to: ``benchmarks/threshold_spread.py`` reads several full
-    runs of the suite and says how many standard deviations each threshold sits from the mean."""
+def measured(name: str, value: float, *, above: float | None = None, below: float | None = None, detail=None) -> float:
+    """Assert ``above < value < below`` (each bound where given) and return ``value``: each threshold is written
+    once, here in the call. When ``RAYSSL_MEASURED`` names a file, the value is first appended there with the
+    test's id and its thresholds: ``benchmarks/threshold_spread.py`` reads several full runs of the suite and says
+    how many standard deviations each threshold sits from the mean. ``detail`` goes into the failure message."""
     log = os.environ.get("RAYSSL_MEASURED")
     if log:
         import json
@@ -343,7 +428,17 @@ def measured(name: str, value: float, *, above: float | None = None, below: floa
         row = {"test": test, "name": name, "value": float(value), "above": above, "below": below}
         with open(log, "a") as out:
             out.write(json.dumps(row) + "\n")
+    assert above is None or value > above, f"{name} = {value:.4f}, not above {above} ({detail})"
+    assert below is None or value < below, f"{name} = {value:.4f}, not below {below} ({detail})"
     return value
+
+
+def correct_of(top1: float, n: float) -> int:
+    """How many of ``n`` test images a probe's top-1 accuracy says it classified right; asserts that it is a
+    share of them (a whole k in [0, n] over n), not a mean of batch means or a value off another set."""
+    k = round(top1 * n)
+    assert 0 <= k <= n and top1 * n == pytest.approx(k, abs=1e-6), f"top-1 {top1} is not k / {n}"
+    return k
 
 
 def own_ray_env(**extra: str) -> dict:
@@ -362,13 +457,17 @@ def start_driver(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     )
 
 
-def sigkill_driver_at(args: list[str], env: dict, cwd: Path, marker: str, at: dict[str, Callable] | None = None) -> str:
+def sigkill_driver_at(
+    args: list[str], env: dict, cwd: Path, marker: str, at: dict[str, Callable] | None = None, after: str | None = None
+) -> str:
     """Run a driver until the first output line holding ``marker``, then SIGKILL it with its whole Ray; its output.
 
-    ``at`` maps a text to what to do at the first line holding it (the kill comes after them). A driver that ends
-    before ``marker`` is not an error here: the caller asserts on the output.
+    ``at`` maps a text to what to do at the first line holding it (the kill comes after them). With ``after``, only
+    a ``marker`` line that follows a line holding ``after`` counts. A driver that ends before ``marker`` is not an
+    error here: the caller asserts on the output.
     """
     at = dict(at or {})
+    armed = after is None
     proc = start_driver(args, env, cwd)
     lines = []
     try:
@@ -376,9 +475,10 @@ def sigkill_driver_at(args: list[str], env: dict, cwd: Path, marker: str, at: di
             lines.append(line)
             for text in [t for t in at if t in line]:
                 at.pop(text)()
-            if marker in line:
+            if armed and marker in line:
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
+            armed = armed or after in line
         proc.wait(timeout=60)
     finally:
         proc.kill()

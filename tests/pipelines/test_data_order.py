@@ -244,6 +244,6 @@ def test_a_class_tree_pretrains_and_probes_as_the_builtin_source_does(ray_sessio
     # 0.788), so both checks are one-sided. e2e runs of this size vary by sd 0.010 (kNN) and 0.033 (linear): -0.07
     # sits ~7 sd under the measured kNN difference, -0.15 ~4 sd under the linear one.
     knn = found["tree"]["knn_top1"] - found["builtin"]["knn_top1"]
-    assert measured("knn_top1 tree - builtin", knn, above=-0.07) > -0.07, found
+    measured("knn_top1 tree - builtin", knn, above=-0.07, detail=found)
     linear = found["tree"]["linear_top1"] - found["builtin"]["linear_top1"]
-    assert measured("linear_top1 tree - builtin", linear, above=-0.15) > -0.15, found
+    measured("linear_top1 tree - builtin", linear, above=-0.15, detail=found)

@@ -40,7 +40,7 @@ def test_finetune_learns_from_ten_labels_per_class_and_leaves_the_encoder_alone(
         encoder, splits.train_images[idx], splits.train_labels[idx], splits.test_images, splits.test_labels, 10, steps=150
     )
     # well above chance (0.1) from 100 labels, even for the 4-8-16 channel tiny_cnn
-    assert 0.25 < measured("finetune top-1, 100 labels", acc, above=0.25) <= 1.0
+    measured("finetune top-1, 100 labels", acc, above=0.25)
     for k, v in encoder.state_dict().items():
         torch.testing.assert_close(v, before[k])
 

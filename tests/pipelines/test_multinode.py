@@ -122,4 +122,4 @@ def test_run_spans_both_nodes_and_finishes_when_one_is_removed(two_nodes, fmnist
     # which task is Ray's best-effort SPREAD, so the two kinds are counted together.)
     assert _task_nodes("ReadParquet", "ViewsFromPNG") == {head_id, worker_id}
     # above chance (0.1) with room: a 512-image tiny run once gave 0.285, so 0.3 sat inside its spread
-    assert 0.15 < measured("probe/linear_top1", result.metrics["probe/linear_top1"], above=0.15) <= 1
+    measured("probe/linear_top1", result.metrics["probe/linear_top1"], above=0.15)

@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from pipelines import tracking
-from pipelines.config import build_config
+from pipelines.data import read_manifest
 from pipelines.step_log import StepLog, _duration, log_every_steps
-from pipelines.train import pretrain
 from ssl_models.recipes import MAX_WARMUP_SHARE
 from ssl_models.schedules import learning_rate, warmup_steps
-from tests.conftest import TINY_RUN
+from tests.conftest import SHARED_RUN_LOG_EVERY
 
 
 class Clock:
@@ -109,25 +108,22 @@ def test_durations_keep_the_two_largest_units():
 
 
 @pytest.mark.e2e
-def test_a_run_logs_loss_and_lr_at_global_steps(ray_session, fmnist_shards, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    every, epochs = 3, 2
-    overrides = [f"train.epochs={epochs}", f"train.log_every_steps={every}"]
-    base = [f"data.shards={fmnist_shards}", f"tracking.runs_dir={tmp_path / 'runs'}", f"tracking.tracking_uri={uri}"]
-    cfg = build_config({}, [*base, *TINY_RUN, *overrides])
-    result = pretrain(cfg)
+def test_a_run_logs_loss_and_lr_at_global_steps(shared_pretrain_run, fmnist_shards):
+    cfg, result, uri = shared_pretrain_run.cfg, shared_pretrain_run.result, shared_pretrain_run.uri
+    every, epochs = SHARED_RUN_LOG_EVERY, cfg.train.epochs
 
     run = tracking.get_run(uri, result.run_id)
     params = run.data.params
     per_worker = cfg.data.batch_size // cfg.train.num_workers
-    steps_per_epoch = cfg.data.max_train_images // cfg.train.num_workers // per_worker  # 512 // 2 // 32 = 8
+    rows = read_manifest(str(fmnist_shards))["splits"]["train"]["rows"]
+    steps_per_epoch = rows // cfg.train.num_workers // per_worker  # 1024 // 2 // 32 = 16
     total = epochs * steps_per_epoch
     # every epoch really trained steps_per_epoch steps on each worker
     images = tracking.metric_history(uri, result.run_id, "train/images")
     assert images == [(e, cfg.train.num_workers * per_worker * steps_per_epoch) for e in range(1, epochs + 1)]
 
     losses = tracking.metric_history(uri, result.run_id, "train/loss_step")
-    assert [step for step, _ in losses] == [every * i for i in range(1, total // every + 1)]  # 3, 6, 9, 12, 15
+    assert [step for step, _ in losses] == [every * i for i in range(1, total // every + 1)]  # 3, 6, ..., 30
     assert all(math.isfinite(v) and v > 0 for _, v in losses)
     base_lr = float(params["optim.lr"]) * cfg.data.batch_size / 256
     warmup = warmup_steps(float(params["optim.warmup_epochs"]), steps_per_epoch, total, MAX_WARMUP_SHARE)

@@ -26,7 +26,7 @@ def test_linear_probe_separates_separable_classes_and_is_at_chance_on_noise():
     noise = torch.tensor(rng.normal(size=(600, 8)), dtype=torch.float32)
     labels = rng.integers(0, 2, 600)
     acc = linear_probe_top1(noise[:300], labels[:300], noise[300:], labels[300:], 2, epochs=5)
-    assert 0.35 < measured("linear top-1 on noise", acc, above=0.35, below=0.65) < 0.65
+    measured("linear top-1 on noise", acc, above=0.35, below=0.65)
 
 
 def _knn_reference(train_x, train_y, test_x, k, t, classes):

@@ -217,11 +217,18 @@ def test_simsiam_stop_gradient_and_heads():
 
 
 @pytest.mark.parametrize("name", ["barlow_twins", "vicreg", "vibcreg"])
-def test_redundancy_reduction_methods_give_finite_loss_and_accuracy(name):
+def test_redundancy_reduction_proxy_accuracy_counts_the_rows_whose_other_view_is_their_own_image(name):
+    # view_1 is view_0 with rows 0 and 1 swapped: only the 6 other rows have their own image as the other
+    # view, so a proxy accuracy that asks "is the other view of the same image the nearest?" is exactly 6 / 8
     torch.manual_seed(0)
-    out = tiny(name)(two_views())
+    views = two_views()
+    same = {"view_0": views["view_0"], "view_1": views["view_0"].clone()}
+    swapped = {"view_0": views["view_0"], "view_1": views["view_0"][[1, 0, 2, 3, 4, 5, 6, 7]]}
+    method = tiny(name)
+    assert method(same)["proxy_acc"].item() == 1.0
+    assert method(swapped)["proxy_acc"].item() == 0.75
+    out = method(views)
     assert torch.isfinite(out["loss"]) and out["loss"].item() > 0
-    assert 0 <= out["proxy_acc"].item() <= 1
 
 
 @pytest.mark.parametrize(
