@@ -6,7 +6,7 @@ import torch
 
 import ssl_models
 from ssl_models.losses import nearest_neighbours, nnclr_loss, sinkhorn_codes, swav_loss
-from tests.ssl_models.counts import hits_out_of
+from tests.conftest import correct_of
 from tests.ssl_models.gloo import run_distributed
 
 
@@ -130,7 +130,7 @@ def test_swav_step_normalizes_prototypes_freezes_them_first_and_fills_the_queue(
     assert method.make_views().num_views == 4 and method.queue.shape == (2, 12, 8)
     before = method.prototypes.weight.detach().clone()
     out = _one_step(method, images)
-    hits_out_of(out["proxy_acc"], 12)  # each global crop's prediction of the other's code, for 6 images
+    correct_of(out["proxy_acc"].item(), 12)  # each global crop's prediction of the other's code, for 6 images
     # frozen for the first step: a zero gradient (not none: DDP reduces it), rows still unit length
     assert method.prototypes.weight.grad is not None and method.prototypes.weight.grad.abs().sum() == 0
     torch.testing.assert_close(method.prototypes.weight, before)
