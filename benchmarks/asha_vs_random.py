@@ -16,7 +16,7 @@ import time
 
 from search_bench import search_arguments, search_base_config
 
-from pipelines.tune import SearchSettings, run_search
+from pipelines.search.tune import SearchSettings, run_search
 
 
 def main() -> None:

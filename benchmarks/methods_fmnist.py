@@ -31,8 +31,8 @@ from pipelines import tracking
 from pipelines.cluster import ensure_ray
 from pipelines.config import build_config, resolve
 from pipelines.data import read_manifest
+from pipelines.results.tables import format_table, mean_spread
 from pipelines.shard import write_shards
-from pipelines.tables import format_table, mean_spread
 from pipelines.train import pretrain
 
 EXPERIMENT = "methods-fmnist"

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from search_bench import search_arguments, search_base_config
 
-from pipelines.tables import format_table
-from pipelines.tune import SearchSettings, run_search
+from pipelines.results.tables import format_table
+from pipelines.search.tune import SearchSettings, run_search
 
 SPACE = """\
 data.augment.crop_scale: {choice: [[0.08, 1.0], [0.2, 1.0], [0.35, 1.0], [0.5, 1.0]]}

@@ -24,7 +24,7 @@ import yaml
 from pipelines import tracking
 from pipelines.cluster import ensure_ray
 from pipelines.config import load_config
-from pipelines.tables import format_table
+from pipelines.results.tables import format_table
 from pipelines.train import pretrain
 
 BASE = "configs/demo_fmnist.yaml"

@@ -73,7 +73,7 @@ def _load(args):
 
 
 def cmd_pretrain(args) -> int:
-    from pipelines.tables import pretrain_table
+    from pipelines.results.tables import pretrain_table
     from pipelines.train import pretrain
 
     cfg = _load(args)
@@ -87,7 +87,7 @@ def cmd_probe(args) -> int:
     from pipelines import checkpoint
     from pipelines.build import method_from_checkpoint
     from pipelines.evaluate import has_labels, probe_shards, run_probes
-    from pipelines.tables import format_table
+    from pipelines.results.tables import format_table
 
     with tempfile.TemporaryDirectory() as tmp:
         state = checkpoint.load(_checkpoint_source(args, tmp))
@@ -143,11 +143,11 @@ def cmd_demo(args) -> int:
     """Shard Fashion-MNIST once, run the demo space's method comparison, print the compare table."""
     import time
 
-    from pipelines.compare import compare, headlines
-    from pipelines.report import ui_command
-    from pipelines.runs import collect_runs
+    from pipelines.results.compare import compare, headlines
+    from pipelines.results.report import ui_command
+    from pipelines.results.runs import collect_runs
+    from pipelines.search.tune import SearchSettings, run_search
     from pipelines.shard import write_shards
-    from pipelines.tune import SearchSettings, run_search
 
     cfg = _load(args)
     shards = Path(cfg.data.shards)
@@ -176,9 +176,9 @@ def cmd_demo(args) -> int:
 
 def cmd_tune(args) -> int:
     from pipelines import names
-    from pipelines.report import ui_command
-    from pipelines.tables import trials_table
-    from pipelines.tune import SearchSettings, run_search
+    from pipelines.results.report import ui_command
+    from pipelines.results.tables import trials_table
+    from pipelines.search.tune import SearchSettings, run_search
 
     cfg = _load(args)
     settings = SearchSettings(
@@ -211,7 +211,7 @@ def cmd_tune(args) -> int:
 
 def cmd_compare(args) -> int:
     from pipelines import tracking
-    from pipelines.compare import compare
+    from pipelines.results.compare import compare
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri, args.runs_dir)
     tracking.check_reachable(uri)

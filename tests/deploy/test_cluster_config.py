@@ -221,7 +221,7 @@ def test_rays_validation_rejects_a_broken_cluster_yaml(mutate, error):
 
 
 def test_cluster_has_a_cpu_head_and_an_autoscaling_gpu_worker_type():
-    from pipelines.tune import TRIAL_DRIVER
+    from pipelines.search.tune import TRIAL_DRIVER
 
     config = load_yaml(CLUSTER_YAML)
     types = config["available_node_types"]
@@ -287,7 +287,7 @@ def test_documented_commands_are_found():
 def test_documented_cluster_runs_are_valid_rayssl_commands(source):
     """Each pretrain/tune command parses, loads its config with its overrides and (tune) passes the
     space checks `rayssl tune` runs before Ray starts; each stores its state in S3 and trains on GPUs."""
-    from pipelines.tune import check_space_values
+    from pipelines.search.tune import check_space_values
     from tune_spaces import read_space
 
     runs = [a for a in documented_argvs()[source] if a[0] in ("pretrain", "tune")]
@@ -480,7 +480,7 @@ def test_rayjob_has_the_fields_kuberay_requires():
 
 
 def test_rayjob_head_has_no_gpu_and_workers_do():
-    from pipelines.tune import TRIAL_DRIVER
+    from pipelines.search.tune import TRIAL_DRIVER
 
     cluster = load_yaml(RAYJOB_YAML)["spec"]["rayClusterSpec"]
     head = cluster["headGroupSpec"]

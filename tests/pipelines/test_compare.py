@@ -10,7 +10,7 @@ import torch
 
 from pipelines import tracking
 from pipelines.cli import main
-from pipelines.plots import (
+from pipelines.results.plots import (
     _title,
     baseline_levels,
     embedding_figure,
@@ -18,7 +18,7 @@ from pipelines.plots import (
     plot_few_labels,
     plot_per_method,
 )
-from pipelines.runs import RunRow
+from pipelines.results.runs import RunRow
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover"]
 
@@ -84,7 +84,7 @@ def test_compare_without_experiment_takes_the_newest(tmp_path, capsys):
 
 
 def test_headlines_say_best_vs_pixels_and_few_labels_vs_scratch():
-    from pipelines.compare import headlines
+    from pipelines.results.compare import headlines
 
     rows = [
         _row("t0", "simclr", 0.85, pixels=0.84, **{"probe/finetune_10pc_top1": 0.70, "baseline/supervised_10pc_top1": 0.62}),
@@ -97,7 +97,7 @@ def test_headlines_say_best_vs_pixels_and_few_labels_vs_scratch():
 
 
 def test_seeds_table_groups_configurations_and_gives_mean_and_half_range():
-    from pipelines.tables import seeds_table
+    from pipelines.results.tables import seeds_table
 
     def run(seed, lr, linear, status="FINISHED"):
         params = {"method.name": "simclr", "train.seed": str(seed), "optim.lr": lr}

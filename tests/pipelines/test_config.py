@@ -103,7 +103,7 @@ def test_fit_refuses_a_config_that_was_not_resolved():
 
 
 def test_each_trial_of_a_methods_search_gets_its_own_recipe():
-    from pipelines.trial import trial_config
+    from pipelines.search.trial import trial_config
 
     base = build_config({}, ["optim.weight_decay=1e-4"]).model_dump(mode="json")
     simclr, _ = trial_config(base, {"method.name": "simclr"})

@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import report, tracking
+from pipelines import tracking
 from pipelines.build import build_method
 from pipelines.config import build_config
 from pipelines.data import read_manifest
+from pipelines.results import report
 from pipelines.train import log_encoder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

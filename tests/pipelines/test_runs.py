@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipelines import names
-from pipelines.runs import RunRow, best_run, varying_params
+from pipelines.results.runs import RunRow, best_run, varying_params
 
 
 def _row(name, status="FINISHED", method="simclr", **metrics):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from pipelines import names
-from pipelines.runs import RunRow
-from pipelines.tables import comparison_table, format_table, pretrain_table, trials_table
+from pipelines.results.runs import RunRow
+from pipelines.results.tables import comparison_table, format_table, pretrain_table, trials_table
 
 
 def _lines(table: str) -> list[list[str]]:

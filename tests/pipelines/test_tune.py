@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from pipelines import tracking
-from pipelines.compare import compare
 from pipelines.config import ConfigError, build_config
-from pipelines.tune import SearchSettings, run_search
+from pipelines.results.compare import compare
+from pipelines.search.tune import SearchSettings, run_search
 from tests.conftest import MlflowServer, own_ray_env
 from tune_spaces import SpaceError, read_space
 
@@ -89,7 +89,7 @@ def test_every_shipped_space_reads(fmnist_shards, tmp_path):
 def test_a_space_reads_into_typed_entries_that_tune_and_pbt_take(tmp_path):
     from ray import tune
 
-    from pipelines.tune import pbt_mutations
+    from pipelines.search.tune import pbt_mutations
     from tune_spaces import SpaceEntry, to_tune
 
     text = "optim.lr: {loguniform: [0.01, 0.5]}\nmethod.temperature: {choice: [0.1, 0.5]}\ntrain.epochs: {grid: [1, 2]}\n"
@@ -106,8 +106,8 @@ def test_a_space_reads_into_typed_entries_that_tune_and_pbt_take(tmp_path):
 
 
 def test_a_bundle_varies_several_keys_together_and_is_checked_before_ray(tmp_path):
-    from pipelines.trial import trial_config
-    from pipelines.tune import check_space_values, searched_keys
+    from pipelines.search.trial import trial_config
+    from pipelines.search.tune import check_space_values, searched_keys
 
     keys = set(build_config().flat())
     text = "recipe: {grid: [{method.name: simclr, data.augment.jitter_strength: 0.7}, {method.name: rotation}]}\n"
@@ -131,8 +131,8 @@ def test_tunes_table_shows_each_bundles_method_and_the_values_that_differ():
     # "...ent.flip_p': 0.0}" in every row. It gets its method as label, and each differing value an entry.
     from ray.tune.search.variant_generator import generate_variants
 
-    from pipelines.trial import trial_config
-    from pipelines.tune import tune_param_space
+    from pipelines.search.trial import trial_config
+    from pipelines.search.tune import tune_param_space
 
     space = read_space("demo", set(build_config().flat()))
     param_space, labels = tune_param_space(space, "grid")

@@ -13,9 +13,9 @@ import pytest
 from pipelines import cli, tracking
 from pipelines.config import ConfigError, build_config
 from pipelines.data import DataError, labeled_rows, read_manifest
+from pipelines.search.tune import SearchSettings, run_search
 from pipelines.shard import write_shards
 from pipelines.train import pretrain, validate
-from pipelines.tune import SearchSettings, run_search
 
 LABEL_METRICS = ("probe/linear_top1", "probe/knn_top1", "probe/epoch_knn_top1", "baseline/")
 TINY_FEATURES = 16  # tiny_cnn's feature size: RankMe lies in [1, 16]

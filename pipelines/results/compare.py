@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines import names, tracking
-from pipelines.plots import (
+from pipelines.results.plots import (
     few_label_counts,
     plot_against_params,
     plot_embedding,
@@ -22,8 +22,8 @@ from pipelines.plots import (
     plot_few_labels,
     plot_per_method,
 )
-from pipelines.runs import RunRow, best_run, collect_runs, varying_params
-from pipelines.tables import comparison_table, seeds_table
+from pipelines.results.runs import RunRow, best_run, collect_runs, varying_params
+from pipelines.results.tables import comparison_table, seeds_table
 
 
 def best_run_embedding(uri: str, best: RunRow, out: Path, max_images: int = 2000) -> Path | None:

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from pipelines import names
-from pipelines.runs import RunRow, varying_params
+from pipelines.results.runs import RunRow, varying_params
 
 
 def format_table(headers: list[str], rows: list[list[object]]) -> str:

@@ -1,4 +1,4 @@
-"""Where to see the runs in MLflow's UI, as the terminal says it (the tables are ``pipelines.tables``)."""
+"""Where to see the runs in MLflow's UI, as the terminal says it (the tables are ``pipelines.results.tables``)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ or Optuna search; ASHA early stopping or PBT on the per-epoch kNN probe), probes
 trials that ASHA stopped at their last checkpoint, and names the best trial on the
 parent. One MLflow experiment per search, named by ``--name``.
 
-One trial (its config, child run and Ray Train run) lives in ``pipelines.trial``.
+One trial (its config, child run and Ray Train run) lives in ``pipelines.search.trial``.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from pipelines import checkpoint, names, tracking
 from pipelines.cluster import ensure_ray
 from pipelines.config import Config, ConfigError, absolute_paths, build_config, resolve
 from pipelines.evaluate import has_labels
-from pipelines.runs import best_run
+from pipelines.results.runs import best_run
+from pipelines.search.trial import SpaceLabels, run_trial, set_key, trial_config
 from pipelines.train import probe_checkpoint_and_log, validate
-from pipelines.trial import SpaceLabels, run_trial, set_key, trial_config
 from tune_spaces import Space, SpaceEntry, read_space
 
 TRIAL_DRIVER = "trial_driver"  # custom resource: trial drivers take none of the CPUs the workers need

@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from pipelines import names  # noqa: E402
 
 if TYPE_CHECKING:
-    from pipelines.runs import RunRow
+    from pipelines.results.runs import RunRow
 
 
 def plot_epoch_curves(rows: list[RunRow], out: Path) -> Path:
