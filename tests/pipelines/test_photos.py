@@ -173,6 +173,7 @@ def test_photo_shards_pretrain_resnet18_at_64_px_and_probe(ray_session, jpeg_pho
             "train.epochs=1",
             "train.timeout_s=400",
             "probe.linear_epochs=2",
+            "probe.baselines=false",  # the test reads the encoder's probes only
             "probe.knn_k=5",
             "probe.epoch_knn_images=16",
             "probe.rankme_images=16",
