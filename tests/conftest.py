@@ -378,6 +378,10 @@ class TcpOutage:
 
     def cut(self) -> None:
         if self._listener is not None:
+            # shutdown first: a bare close() leaves the socket listening while _accept's thread blocks in accept(),
+            # and the next client's connection (a pooled one, kept alive) would still be forwarded
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         for conn in self._open:
@@ -393,6 +397,9 @@ class TcpOutage:
             try:
                 client, _ = listener.accept()
             except OSError:  # closed by cut()
+                return
+            if self._listener is not listener:  # accepted as cut() ran: refused, as every one after it
+                client.close()
                 return
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port))

@@ -15,7 +15,7 @@ from pipelines import tracking
 from pipelines.config import ConfigError, build_config
 from pipelines.failures import NonFiniteLossError
 from pipelines.train import pretrain, validate
-from tests.conftest import TINY_RUN, MlflowServer, measured, own_ray_env, sigkill_driver_at
+from tests.conftest import TINY_RUN, TcpOutage, measured, own_ray_env, sigkill_driver_at
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS, STEPS_PER_EPOCH = 3, 8  # as in TINY_RUN: 512 images / 2 workers / 32 per worker
@@ -51,7 +51,7 @@ def test_worker_killed_mid_epoch_restarts_and_records_every_epoch_once(ray_sessi
     assert _epochs_logged(uri, result.run_id) == [1, 2, 3]  # every epoch, each once
     assert result.metrics["epochs"] == EPOCHS
     # 3 full suite runs gave 0.336, 0.426, 0.438 (sd 0.056): 0.12 sits 5 sd under their mean (chance is 0.1)
-    assert 0.12 < measured("probe/linear_top1", result.metrics["probe/linear_top1"], above=0.12) <= 1
+    measured("probe/linear_top1", result.metrics["probe/linear_top1"], above=0.12)
 
 
 @pytest.mark.e2e
@@ -83,23 +83,34 @@ def _cli(shards, runs_dir, uri, *overrides) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_killed_driver_and_lost_tracking_server_lose_no_work_and_no_records(fmnist_shards, tmp_path):
+def test_killed_driver_and_lost_tracking_server_lose_no_work_and_no_records(fmnist_shards, mlflow_server, tmp_path):
     """The MLflow server goes away after epoch 1, and during epoch 2 the driver is SIGKILLed. With the
     server back, rerunning the same command resumes the same MLflow run from its last checkpoint, and
-    every epoch's metrics arrive, once."""
-    server = MlflowServer(tmp_path / "server")
-    server.root.mkdir()
-    uri = server.start()
-    args = _cli(fmnist_shards, tmp_path / "runs", uri, "tracking.run_name=drill")
-    env = own_ray_env()
-    try:
-        # epoch 2's metrics find no server; "epoch 2/3" is printed after they were tried, and epoch 1 is checkpointed
-        first = sigkill_driver_at(args, env, REPO, f"epoch 2/{EPOCHS}", at={f"epoch 1/{EPOCHS}": server.stop})
-        assert f"epoch 2/{EPOCHS}" in first, first[-3000:]
-        assert f"warning: MLflow at {uri} did not take metrics" in first  # buffered, training went on
+    every epoch's metrics arrive, once.
 
-        server.start()
-        (run,) = tracking.search_runs(uri, "rayssl")
+    The session's server is reached through a forwarder whose cut drops every open connection and refuses
+    new ones: what a client sees of a server that went away, without the ~20 s of a server's restart."""
+    outage = TcpOutage(int(mlflow_server.rsplit(":", 1)[1]))
+    outage.restore()
+    uri = outage.endpoint
+    # No MLflow Model: it costs a new driver ~10 s (its first torch.export), and nothing here reads it
+    args = _cli(
+        fmnist_shards, tmp_path / "runs", uri, "tracking.run_name=drill", "tracking.experiment=drill", "tracking.log_model=false"
+    )
+    # Ray Train's default 2 s poll (the session sets 0.25 s, conftest): a worker's report waits for the poll, so
+    # epoch 2 lasts ~3 s, not ~1 s, and the cut, made as the test reads epoch 1's line, comes before epoch 2's
+    # metrics are sent
+    env = own_ray_env(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="2")
+    try:
+        # Should epoch 2's metrics still get through, the kill comes at the first epoch's line after metrics found
+        # no server (epoch 2's, else epoch 3's): they are buffered, and saved in that epoch's checkpoint
+        unsent = f"warning: MLflow at {uri} did not take metrics"
+        first = sigkill_driver_at(args, env, REPO, "epoch ", at={f"epoch 1/{EPOCHS}": outage.cut}, after=unsent)
+        assert f"epoch 2/{EPOCHS}" in first, first[-3000:]
+        assert unsent in first, first[-3000:]  # buffered, training went on
+
+        outage.restore()
+        (run,) = tracking.search_runs(uri, "drill")
         assert run.info.status == "RUNNING"  # SIGKILL gives the driver no chance to close it; the rerun does
         rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
@@ -107,10 +118,10 @@ def test_killed_driver_and_lost_tracking_server_lose_no_work_and_no_records(fmni
         assert f"resuming run drill (MLflow {run.info.run_id}, was RUNNING)" in out
         assert f"epoch 1/{EPOCHS}" not in out  # continued from the checkpoint, not from scratch
         assert "Reporting training result" not in out  # Ray Train's per-report INFO lines stay out of the terminal
-        runs = tracking.search_runs(uri, "rayssl")
+        runs = tracking.search_runs(uri, "drill")
         assert [r.info.run_id for r in runs] == [run.info.run_id] and runs[0].info.status == "FINISHED"
         for key in ("train/loss", "train/lr", "train/images_per_s"):
             assert _epochs_logged(uri, run.info.run_id, key) == [1, 2, 3]
         assert "probe/linear_top1" in runs[0].data.metrics
     finally:
-        server.stop()
+        outage.cut()
