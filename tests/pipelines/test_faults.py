@@ -97,13 +97,12 @@ def test_killed_driver_and_lost_tracking_server_lose_no_work_and_no_records(fmni
     args = _cli(
         fmnist_shards, tmp_path / "runs", uri, "tracking.run_name=drill", "tracking.experiment=drill", "tracking.log_model=false"
     )
-    # Ray Train's default 2 s poll (the session sets 0.25 s, conftest): a worker's report waits for the poll, so
-    # epoch 2 lasts ~3 s, not ~1 s, and the cut, made as the test reads epoch 1's line, comes before epoch 2's
-    # metrics are sent
+    # Ray Train's default 2 s poll (the session sets 0.25 s, conftest), the timing this drill was written for
     env = own_ray_env(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="2")
     try:
-        # Should epoch 2's metrics still get through, the kill comes at the first epoch's line after metrics found
-        # no server (epoch 2's, else epoch 3's): they are buffered, and saved in that epoch's checkpoint
+        # The cut comes as the test reads epoch 1's line; epoch 2 (0.4-3 s in the runs seen) may have sent its
+        # metrics by then. So the kill comes at the first epoch's line after metrics found no server (epoch 2's,
+        # else epoch 3's): they are buffered, and saved in that epoch's checkpoint, which the rerun sends from
         unsent = f"warning: MLflow at {uri} did not take metrics"
         first = sigkill_driver_at(args, env, REPO, "epoch ", at={f"epoch 1/{EPOCHS}": outage.cut}, after=unsent)
         assert f"epoch 2/{EPOCHS}" in first, first[-3000:]
