@@ -58,12 +58,18 @@ def ensure_ray(resources: dict | None = None) -> None:
         if cluster_address():  # a job on a cluster keeps the runtime env it was submitted with
             ray.init(log_to_driver=True)
         else:
+            # a local machine never gets a spot-instance notice: no preemption watcher (an actor a run, and
+            # an error-level line from Ray's core worker as it starts); set before Ray starts, so inherited
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             env = {
                 "env_vars": {"RAY_DATA_LOG_LEVEL": os.environ["RAY_DATA_LOG_LEVEL"]},
-                # no traceback when Ray ends a worker with SIGTERM mid-finalizer (pipelines/ray_exit.py)
-                "worker_process_setup_hook": "pipelines.ray_exit.quiet_sigterm_exit",
+                # no SIGTERM traceback, no Ray notices a user can do nothing about (pipelines/ray_exit.py)
+                "worker_process_setup_hook": "pipelines.ray_exit.quiet_worker",
             }
-            ray.init(resources=resources, log_to_driver=True, runtime_env=env)
+            # Ray's own driver lines (the token-auth notice, "Started a local Ray instance", Tune's INFO
+            # lines) only with --verbose; its errors always
+            level = logging.INFO if verbose() else logging.ERROR
+            ray.init(resources=resources, log_to_driver=True, runtime_env=env, logging_level=level)
             global _started_local_ray
             _started_local_ray = True
 

@@ -43,3 +43,37 @@ def quiet_sigterm_exit() -> None:
     if sys.unraisablehook is not _hook:
         _previous_hook = sys.unraisablehook
         sys.unraisablehook = _hook
+
+
+# Ray's own notices in its workers that say nothing to a rayssl user, held back unless --verbose:
+# Ray Data's "Progress bars disabled" (rayssl turns them off: one line per epoch per dataset is its own), and
+# the deprecation warnings Ray's internals raise about Ray's own APIs (Ray Train's DatasetManager sets
+# ``ExecutionOptions.exclude_resources``), which no rayssl setting can change.
+_RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+
+
+def _not_progress_bars_notice(record) -> bool:
+    return not record.getMessage().startswith("Progress bars disabled")
+
+
+def quiet_ray_notices() -> None:
+    """Drop Ray's own notices above in this process (once)."""
+    import logging
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    warnings.filterwarnings("ignore", category=RayDeprecationWarning, module=r"ray\.")
+    progress = logging.getLogger(_RAY_DATA_PROGRESS_LOGGER)
+    if _not_progress_bars_notice not in progress.filters:
+        progress.addFilter(_not_progress_bars_notice)
+
+
+def quiet_worker() -> None:
+    """Every local Ray worker's setup hook (``cluster.ensure_ray``): no SIGTERM traceback, and unless
+    ``--verbose`` (RAYSSL_VERBOSE, which the workers inherit), none of Ray's notices above."""
+    import os
+
+    quiet_sigterm_exit()
+    if not os.environ.get("RAYSSL_VERBOSE"):
+        quiet_ray_notices()

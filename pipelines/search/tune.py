@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,6 +325,9 @@ def _tuner(cfg: Config, search: _Search, parent: tracking.Run) -> tune.Tuner:
         ),
         trial_driver_resources(),
     )
+    # every trial is recorded in MLflow: no TensorBoard, CSV and JSON copies of it in Tune's folder (and no
+    # TensorBoard hint in the terminal); Tune's own experiment state, which --resume restores, stays
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     tune_dir = cfg.storage("tune", name)
     if settings.resume and tune.Tuner.can_restore(tune_dir):
         return tune.Tuner.restore(tune_dir, trainable, resume_errored=True)

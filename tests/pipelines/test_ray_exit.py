@@ -71,3 +71,33 @@ def test_a_worker_with_the_hook_prints_no_traceback_for_it():
     assert "Exception ignored in" in loud.stderr and "SystemExit: 1" in loud.stderr  # what reached the terminal
     quiet = run("quiet")
     assert quiet.stderr == "" and quiet.stdout == "still running\n"
+
+
+NOTICES = """
+import logging, sys, warnings
+from ray.util.annotations import RayDeprecationWarning
+from pipelines import ray_exit
+logging.basicConfig(format="%(message)s")
+ray_exit.quiet_worker()
+logging.getLogger("ray.data._internal.progress").warning("Progress bars disabled. To enable, set ...")
+logging.getLogger("ray.data._internal.progress").warning("a progress warning of another kind")
+warnings.warn_explicit("Ray's own API", RayDeprecationWarning, "execution_options.py", 1, module="ray.data.x")
+warnings.warn_explicit("a user's API", RayDeprecationWarning, "mine.py", 1, module="mine")
+"""
+
+
+def test_a_worker_drops_rays_own_notices_unless_verbose():
+    import os
+    import subprocess
+
+    def stderr(**env: str) -> str:
+        environ = {k: v for k, v in os.environ.items() if k != "RAYSSL_VERBOSE"} | env
+        return subprocess.run(
+            [sys.executable, "-c", NOTICES], capture_output=True, text=True, timeout=60, check=True, env=environ
+        ).stderr
+
+    quiet = stderr()
+    assert "Progress bars disabled" not in quiet and "Ray's own API" not in quiet
+    assert "a progress warning of another kind" in quiet and "a user's API" in quiet  # only those two are dropped
+    loud = stderr(RAYSSL_VERBOSE="1")
+    assert "Progress bars disabled" in loud and "Ray's own API" in loud
