@@ -116,6 +116,46 @@ class IBOTHead(DINOHead):
         return out[:, 0], out[:, 1:]
 
 
+def check_ibot_arguments(
+    *,
+    student_temp,
+    teacher_temp,
+    teacher_patch_temp,
+    warmup_teacher_temp,
+    num_local_crops,
+    momentum,
+    center_momentum,
+    temp_warmup_share,
+    pred_ratio,
+    pred_ratio_var,
+    pred_shape,
+) -> None:
+    """One ``ValueError`` naming the first of iBOT's arguments out of its range."""
+    for name, value in (("student_temp", student_temp), ("teacher_temp", teacher_temp)):
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if teacher_patch_temp <= 0 or warmup_teacher_temp <= 0:
+        raise ValueError(f"teacher temperatures must be > 0, got {teacher_patch_temp} and {warmup_teacher_temp}")
+    if num_local_crops < 0:
+        raise ValueError(f"num_local_crops must be >= 0, got {num_local_crops}")
+    for name, value in (
+        ("momentum", momentum),
+        ("center_momentum", center_momentum),
+        ("temp_warmup_share", temp_warmup_share),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    pred_ratio, pred_ratio_var = tuple(pred_ratio), tuple(pred_ratio_var)
+    same_length = len(pred_ratio) == len(pred_ratio_var)
+    if not same_length or not all(0 <= v <= m <= 1 - v for m, v in zip(pred_ratio, pred_ratio_var, strict=True)):
+        raise ValueError(
+            f"pred_ratio {pred_ratio} and pred_ratio_var {pred_ratio_var}: one variance per ratio, "
+            "with 0 <= var <= ratio <= 1 - var"
+        )
+    if pred_shape not in ("block", "rand"):
+        raise ValueError(f"pred_shape must be 'block' or 'rand', got {pred_shape!r}")
+
+
 @register_method("ibot")
 class IBOT(SSLMethod):
     """DINO on the [CLS] token plus masked image modelling by self-distillation on the patch tokens.
@@ -193,29 +233,20 @@ class IBOT(SSLMethod):
         super().__init__(**encoder_args)
         if not isinstance(self.encoder, VisionTransformer):
             raise ValueError(f"ibot needs a ViT backbone (vit_tiny or vit_micro), got {self.backbone_name!r}")
-        for name, value in (("student_temp", student_temp), ("teacher_temp", teacher_temp)):
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if teacher_patch_temp <= 0 or warmup_teacher_temp <= 0:
-            raise ValueError(f"teacher temperatures must be > 0, got {teacher_patch_temp} and {warmup_teacher_temp}")
-        if num_local_crops < 0:
-            raise ValueError(f"num_local_crops must be >= 0, got {num_local_crops}")
-        for name, value in (
-            ("momentum", momentum),
-            ("center_momentum", center_momentum),
-            ("temp_warmup_share", temp_warmup_share),
-        ):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        check_ibot_arguments(
+            student_temp=student_temp,
+            teacher_temp=teacher_temp,
+            teacher_patch_temp=teacher_patch_temp,
+            warmup_teacher_temp=warmup_teacher_temp,
+            num_local_crops=num_local_crops,
+            momentum=momentum,
+            center_momentum=center_momentum,
+            temp_warmup_share=temp_warmup_share,
+            pred_ratio=pred_ratio,
+            pred_ratio_var=pred_ratio_var,
+            pred_shape=pred_shape,
+        )
         pred_ratio, pred_ratio_var = tuple(pred_ratio), tuple(pred_ratio_var)
-        same_length = len(pred_ratio) == len(pred_ratio_var)
-        if not same_length or not all(0 <= v <= m <= 1 - v for m, v in zip(pred_ratio, pred_ratio_var, strict=True)):
-            raise ValueError(
-                f"pred_ratio {pred_ratio} and pred_ratio_var {pred_ratio_var}: one variance per ratio, "
-                "with 0 <= var <= ratio <= 1 - var"
-            )
-        if pred_shape not in ("block", "rand"):
-            raise ValueError(f"pred_shape must be 'block' or 'rand', got {pred_shape!r}")
         self.num_local_crops = num_local_crops
         self.num_views = 2 + num_local_crops
         if num_local_crops:  # the authors' multi-crop scales; local crops a whole number of patches
