@@ -65,7 +65,7 @@ def headlines(rows: list[RunRow]) -> list[str]:
         verdict = "beats" if linear > pixels else "does not beat"
         lines.append(
             f"Best method: {best.method} ({best.name}), linear top-1 {linear:.3f}, {verdict} the same probe on raw pixels "
-            f"({pixels:.3f}) by {100 * (linear - pixels):+.1f} points."
+            f"({pixels:.3f}): {100 * (linear - pixels):+.1f} points."
         )
     else:
         lines.append(f"Best method: {best.method} ({best.name}), linear top-1 {linear:.3f}.")
