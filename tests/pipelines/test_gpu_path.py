@@ -39,8 +39,12 @@ def test_channels_last_gives_the_same_loss_and_gradients():
     torch.testing.assert_close(nhwc_loss, loss, rtol=1e-5, atol=1e-5)
     loss.backward()
     nhwc_loss.backward()
+    # Each gradient as a whole, relative to its norm: another memory layout sums in another order, so single
+    # near-zero entries can differ by more than an element-wise 1e-4 (seen once in a full suite run, passing
+    # alone); a layout bug (a transposed or mis-strided tensor) moves the whole gradient, by O(1).
     for (name, p), q in zip(method.named_parameters(), nhwc_method.parameters(), strict=True):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+        relative = float((q.grad - p.grad).norm() / p.grad.norm().clamp_min(1e-12))
+        assert relative < 1e-4, f"{name}: gradients differ by {relative:.2e} of their norm"
 
 
 @needs_cuda
