@@ -32,7 +32,7 @@ from pipelines.evaluate import check_probe_set, has_labels, run_probes
 from pipelines.failures import NonFiniteLossError, fail_fast_on_unfixable_errors, one_line_errors
 from pipelines.init_from import check_init_from
 from pipelines.metric_buffer import unrecorded
-from pipelines.stream import build_pretrain_dataset
+from pipelines.stream import build_pretrain_dataset, train_images
 from pipelines.worker import train_loop_per_worker
 from ssl_models.embedding import EmbeddingModel
 
@@ -113,6 +113,7 @@ def validate(cfg: Config) -> dict:
         raise ConfigError(f"method: {err}") from None
     check_init_from(cfg, method)
     check_probe_set(cfg, manifest)
+    check_one_batch(cfg, manifest)
     fixed = ssl_models.method_class(cfg.method.name).view_kwargs
     if fixed:
         print(f"note: {cfg.method.name} makes its views as its paper does: {fixed} (over data.augment)")
@@ -120,6 +121,22 @@ def validate(cfg: Config) -> dict:
     if ignored:
         print(f"note: {cfg.method.name} does not use {', '.join(ignored)}; ignoring")
     return manifest
+
+
+def check_one_batch(cfg: Config, manifest: dict) -> None:
+    """Refuse a run that would train no step: batches drop their last partial batch, so fewer images per
+    worker than its share of ``data.batch_size`` would give empty epochs and a run that still finishes."""
+    images, world = train_images(cfg, manifest), cfg.train.num_workers
+    if images // world < cfg.data.batch_size // world:
+        limit = (
+            "data.max_train_images"
+            if cfg.data.max_train_images and cfg.data.max_train_images < manifest["splits"]["train"]["rows"]
+            else "the shards"
+        )
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} is more than the {images} training images ({limit}) give "
+            f"{world} worker(s): no step would run; set data.batch_size to at most {images // world * world}"
+        )
 
 
 def fit_and_probe(

@@ -501,3 +501,21 @@ def test_yaml_is_only_read_with_safe_load():
     unsafe = {"yaml.load", "yaml.unsafe_load", "yaml.full_load", "yaml.load_all", "yaml.unsafe_load_all"}
     found = [where for pkg in ("pipelines", "ssl_models", "tune_spaces") for where, name, _ in _calls(pkg) if name in unsafe]
     assert found == []
+
+
+def test_fewer_images_than_one_batch_fails_in_validate(tmp_path, run_cli, no_pretrain):
+    from pipelines.train import validate
+
+    # drop_last leaves an epoch of 50 images and batches of 256 with no step; the run used to finish untrained
+    write_shards("fashion-mnist", tmp_path / "fm", limit=50)
+    overrides = [f"data.shards={tmp_path / 'fm'}", "train.num_workers=2"]
+    code, out, err = run_cli("pretrain", *[arg for o in overrides for arg in ("--set", o)])
+    rows = read_manifest(str(tmp_path / "fm"))["splits"]["train"]["rows"]
+    assert code == 2 and _one_error_line(err) == (
+        f"rayssl: error: data.batch_size=256 is more than the {rows} training images (the shards) give 2 worker(s): "
+        f"no step would run; set data.batch_size to at most {rows // 2 * 2}"
+    )
+    capped = [f"data.shards={tmp_path / 'fm'}", "data.batch_size=32", "data.max_train_images=20"]
+    with pytest.raises(ConfigError, match=r"the 20 training images \(data.max_train_images\) give 1 worker"):
+        validate(build_config({}, capped + ["train.num_workers=1"]))
+    validate(build_config({}, capped + ["data.batch_size=20", "train.num_workers=1"]))  # one full batch: allowed
