@@ -17,6 +17,7 @@ from pipelines.build import view_policy
 from pipelines.config import Config
 from pipelines.crops import crop_batch
 from pipelines.data import decode_image_batch, split_uri
+from pipelines.deferred import Deferred
 from ssl_models.views import CropSpec
 
 
@@ -101,7 +102,8 @@ def build_pretrain_dataset(cfg: Config, manifest: dict, with_labels: bool = Fals
         ds = ds.limit(cfg.data.max_train_images)
     crops = specs if manifest["image_size"] is None else None  # photos of their own sizes: cropped as decoded
     stage = ViewsFromShards(policy if cfg.data.augment_on == "cpu" else None, crops, manifest["mode"])
-    return ds.map_batches(stage, batch_size=rows_per_views_task(specs, manifest["channels"]))
+    # Deferred: the actors that hold the plan (not the tasks) stay without torch
+    return ds.map_batches(Deferred(stage), batch_size=rows_per_views_task(specs, manifest["channels"]))
 
 
 # A task's views in float32 before they are rounded to uint8; at 224 px 256 rows would take ~300 MiB.
