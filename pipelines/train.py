@@ -191,8 +191,7 @@ def fit(
         train_loop_config={
             "config": cfg.model_dump(mode="json"),
             "manifest": manifest,
-            "run_id": run.run_id,
-            "tracking_uri": run.uri,
+            "run": run,  # plain data: the store's URI and the run's id
             "init_checkpoint": init_checkpoint,
             "stop_epoch": stop_epoch,
             "ray_log_level": ray_log_level(),  # Ray's own INFO lines reach the terminal only with --verbose

@@ -62,8 +62,7 @@ class Worker:
     steps_per_epoch: int
     end_epoch: int  # the epoch to stop before: train.epochs, or a PBT segment's stop_epoch
     manifest: dict  # the shards' manifest, saved in each checkpoint
-    run_id: str  # the MLflow run, and its tracking URI
-    uri: str
+    run: tracking.Run  # the MLflow run it logs to
     buffer: MetricBuffer | None  # rank 0's MLflow rows, held while the tracking server is away
 
 
@@ -90,7 +89,7 @@ def _nonfinite_on_any_rank(loss: torch.Tensor) -> bool:
     return bool(bad.item() > 0)
 
 
-def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str, first_epoch: int) -> None:
+def _record_worker_nodes(rank: int, world: int, run: tracking.Run, first_epoch: int) -> None:
     """Tag the run with the Ray node of every worker (rank order) from ``first_epoch`` on: one tag per
     (re)start of the worker group. Best effort: training never waits on it."""
     nodes = [ray.get_runtime_context().get_node_id()] * world
@@ -98,7 +97,7 @@ def _record_worker_nodes(rank: int, world: int, uri: str, run_id: str, first_epo
         dist.all_gather_object(nodes, nodes[rank])
     if rank == 0:  # in MLflow, not the terminal: one line of long node ids per run was noise
         try:
-            tracking.Run(uri, run_id).set_tag(f"{names.WORKER_NODES_PREFIX}{first_epoch}", ",".join(nodes))
+            run.set_tag(f"{names.WORKER_NODES_PREFIX}{first_epoch}", ",".join(nodes))
         except Exception as err:  # an unreachable server must not stop training
             say(f"warning: could not tag worker nodes ({type(err).__name__})")
 
@@ -181,7 +180,7 @@ def _train_loop(loop_config: dict) -> None:
     quiet_ray_train_report_lines(loop_config["ray_log_level"])
     w, start_epoch = build_worker(Config.model_validate(loop_config["config"]), loop_config)
     probes = epoch_probes(w.cfg, w.rank)
-    _record_worker_nodes(w.rank, w.world, w.uri, w.run_id, start_epoch + 1)
+    _record_worker_nodes(w.rank, w.world, w.run, start_epoch + 1)
     shard = ray.train.get_dataset_shard("train")
     step = start_epoch * w.steps_per_epoch
     for epoch in range(start_epoch, w.end_epoch):
@@ -193,7 +192,7 @@ def _train_loop(loop_config: dict) -> None:
 def build_worker(cfg: Config, loop_config: dict) -> tuple[Worker, int]:
     """This worker's method, optimizer and schedule, continued from a checkpoint when there is one;
     returns the worker and the first epoch to train."""
-    manifest, run_id, uri = loop_config["manifest"], loop_config["run_id"], loop_config["tracking_uri"]
+    manifest, run = loop_config["manifest"], loop_config["run"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
@@ -215,7 +214,7 @@ def build_worker(cfg: Config, loop_config: dict) -> tuple[Worker, int]:
     total_steps = cfg.train.epochs * steps_per_epoch
     # The lr schedule always spans train.epochs; a PBT segment stops early at stop_epoch.
     end_epoch = loop_config.get("stop_epoch") or cfg.train.epochs
-    buffer = MetricBuffer(tracking.Run(uri, run_id), pending) if rank == 0 else None
+    buffer = MetricBuffer(run, pending) if rank == 0 else None
     w = Worker(
         cfg=cfg,
         # DDP wraps the compiled module; `inner` stays the plain one, for state_dict keys, EMA and probes.
@@ -223,7 +222,7 @@ def build_worker(cfg: Config, loop_config: dict) -> tuple[Worker, int]:
         inner=method,
         optimizer=optimizer,
         policy=view_policy(cfg, manifest, method) if cfg.data.augment_on == "device" else None,
-        faults=FaultInjector(cfg.faults, rank, Path(cfg.tracking.runs_dir) / "faults", run_id),
+        faults=FaultInjector(cfg.faults, rank, Path(cfg.tracking.runs_dir) / "faults", run.run_id),
         device=device,
         rank=rank,
         world=world,
@@ -243,8 +242,7 @@ def build_worker(cfg: Config, loop_config: dict) -> tuple[Worker, int]:
         steps_per_epoch=steps_per_epoch,
         end_epoch=end_epoch,
         manifest=manifest,
-        run_id=run_id,
-        uri=uri,
+        run=run,
         buffer=buffer,
     )
     return w, start_epoch
@@ -288,8 +286,8 @@ def end_epoch(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
                 epoch=epoch,
                 config=w.cfg.model_dump(mode="json"),
                 manifest=w.manifest,
-                run_id=w.run_id,
-                uri=w.uri,
+                run_id=w.run.run_id,
+                uri=w.run.uri,
                 pending=w.buffer.pending,
             )
             say(

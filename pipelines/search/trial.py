@@ -48,17 +48,16 @@ def _has_key(tree: dict[str, Any], dotted: str) -> bool:
     return True
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any]) -> tuple[Config, list[str]]:
+def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
     """A trial's config: the base (unresolved), the trial's params, then its method's recipe for what is unset.
 
-    Returns the config and the fields the recipe filled. Resolving per trial matters when the
-    trials vary ``method.name``: each method gets its own recipe.
+    Resolved (``cfg.from_recipe`` names the fields the recipe filled). Resolving per trial matters when
+    the trials vary ``method.name``: each method gets its own recipe.
     """
     tree = copy.deepcopy(base)
     for key, value in params.items():
         set_key(tree, key, value)
-    cfg = resolve(Config.model_validate(tree))
-    return cfg, cfg.from_recipe
+    return resolve(Config.model_validate(tree))
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class SpaceLabels:
         return out
 
 
-def _child_run(uri: str, experiment: str, parent_run_id: str, trial_id: str, cfg: Config, from_recipe: list[str]) -> tracking.Run:
+def _child_run(uri: str, experiment: str, parent_run_id: str, trial_id: str, cfg: Config) -> tracking.Run:
     """The trial's one MLflow child run: created once, reopened when Tune restarts the trial."""
     tags = {names.PARENT_RUN_ID: parent_run_id, names.TRIAL_ID: trial_id}
     run = tracking.open_run(
@@ -96,7 +95,7 @@ def _child_run(uri: str, experiment: str, parent_run_id: str, trial_id: str, cfg
         tags=tags,
         reopen=tracking.find_run(uri, experiment, {names.TRIAL_ID: trial_id}),
         labeled=has_labels(cfg),
-        from_recipe=from_recipe,
+        from_recipe=cfg.from_recipe,
     )
     if not run.reopened:
         log_config(cfg, run)
@@ -118,8 +117,8 @@ def run_trial(
     """One Tune trial, recorded as an MLflow child run; ``pbt_interval`` set means PBT segments."""
     trial_id = tune.get_context().get_trial_id()
     params = (labels or SpaceLabels()).params(params)
-    cfg, from_recipe = trial_config(base, params)
-    run = _child_run(uri, experiment, parent_run_id, trial_id, cfg, from_recipe)
+    cfg = trial_config(base, params)
+    run = _child_run(uri, experiment, parent_run_id, trial_id, cfg)
     with run.status():
         if pbt_interval is None:
             # The same Ray Train run name on a resumed trial lets Train continue its last checkpoint.

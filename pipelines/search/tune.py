@@ -248,7 +248,7 @@ def _finish_unfinished_trials(cfg: Config, search: _Search, results) -> None:
         if not last:
             run.end("KILLED")  # stopped before its first epoch ended: nothing to probe
             continue
-        trial_cfg, _ = trial_config(cfg.model_dump(mode="json"), search.labels.params(result.config))
+        trial_cfg = trial_config(cfg.model_dump(mode="json"), search.labels.params(result.config))
         run.reopen()
         with run.status():
             metrics = probe_checkpoint_and_log(trial_cfg, search.manifest, run, last)

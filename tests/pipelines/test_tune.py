@@ -115,7 +115,7 @@ def test_a_bundle_varies_several_keys_together_and_is_checked_before_ray(tmp_pat
     assert space["recipe"].bundle and len(space["recipe"].args) == 2
     assert searched_keys({k: e.as_yaml() for k, e in space.items()}) == ["method.name", "data.augment.jitter_strength"]
     base = build_config().model_dump(mode="json")
-    cfg, _ = trial_config(base, {"recipe": space["recipe"].args[0], "optim.lr": 0.1})
+    cfg = trial_config(base, {"recipe": space["recipe"].args[0], "optim.lr": 0.1})
     assert (cfg.method.name, cfg.data.augment.jitter_strength, cfg.optim.lr) == ("simclr", 0.7, 0.1)
     with pytest.raises(SpaceError, match=r"recipe: 'data.augment.jitter' is not a config key"):
         read_space(_space(tmp_path, "recipe: {grid: [{data.augment.jitter: 0.7}]}\n"), keys)
@@ -146,7 +146,7 @@ def test_tunes_table_shows_each_bundles_method_and_the_values_that_differ():
     ]
     params = labels.params(shown[1])
     assert params == {"recipe": labels.bundles["recipe"]["vicreg"]}  # the entries that only show values are left out
-    cfg, _ = trial_config(build_config().model_dump(mode="json"), params)
+    cfg = trial_config(build_config().model_dump(mode="json"), params)
     assert (cfg.method.name, cfg.data.augment.jitter_strength, cfg.data.augment.flip_p) == ("vicreg", 0.923, 0.0)
     # bundles that share a method are numbered; without a method, by the key
     twice = _space_entries({"recipe": {"choice": [{"method.name": "simclr", "optim.lr": 0.1}, {"method.name": "simclr"}]}})
