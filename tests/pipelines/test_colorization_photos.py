@@ -24,6 +24,7 @@ def test_colorization_on_real_photos_shards_pretrains_and_probes(ray_session, la
             "data.crop_size=32",  # cropped from the photos at their own sizes
             "method.name=colorization",
             "method.backbone=tiny_cnn",
+            "train.num_workers=1",  # a second worker costs a process (~7 s of CPU a run on 2 cores)
             "train.epochs=2",
             "train.timeout_s=400",
             "probe.linear_epochs=3",

@@ -15,10 +15,10 @@ from pipelines import tracking
 from pipelines.config import ConfigError, build_config
 from pipelines.failures import NonFiniteLossError
 from pipelines.train import pretrain, validate
-from tests.conftest import TINY_RUN, TcpOutage, measured, own_ray_env, sigkill_driver_at
+from tests.conftest import TINY_RUN, TWO_WORKERS, TcpOutage, measured, own_ray_env, sigkill_driver_at
 
 REPO = Path(__file__).resolve().parents[2]
-EPOCHS, STEPS_PER_EPOCH = 3, 8  # as in TINY_RUN: 512 images / 2 workers / 32 per worker
+EPOCHS, STEPS_PER_EPOCH = 3, 8  # as in TINY_RUN: 512 images / 64 a step (1 worker, or 2 of 32)
 
 
 def _config(shards, runs_dir, uri, *overrides):
@@ -40,7 +40,13 @@ def test_worker_killed_mid_epoch_restarts_and_records_every_epoch_once(ray_sessi
     step = STEPS_PER_EPOCH + 3  # in the middle of epoch 2, after epoch 1's checkpoint
     # Also runs the NHWC (channels_last) layout through real workers, at no extra cost.
     cfg = _config(
-        fmnist_shards, tmp_path / "runs", uri, f"faults.exit_at_step={step}", "faults.exit_rank=1", "train.channels_last=true"
+        fmnist_shards,
+        tmp_path / "runs",
+        uri,
+        f"faults.exit_at_step={step}",
+        "faults.exit_rank=1",
+        "train.channels_last=true",
+        TWO_WORKERS,
     )
     result = pretrain(cfg)
 

@@ -12,9 +12,9 @@ import pytest
 from pipelines import tracking
 from pipelines.config import build_config
 from pipelines.train import pretrain
-from tests.conftest import TINY_RUN, measured
+from tests.conftest import TINY_RUN, TWO_WORKERS, measured
 
-TINY = [*TINY_RUN, "train.placement_strategy=SPREAD"]
+TINY = [*TINY_RUN, TWO_WORKERS, "train.placement_strategy=SPREAD"]  # a worker on each node
 
 
 @pytest.fixture(scope="module")

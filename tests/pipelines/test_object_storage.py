@@ -20,7 +20,7 @@ from pipelines.cli import main
 from pipelines.config import build_config
 from pipelines.data import read_manifest
 from pipelines.train import validate
-from tests.conftest import TINY_RUN, MlflowServer, own_ray_env, sigkill_driver_at, start_driver
+from tests.conftest import TINY_RUN, TWO_WORKERS, MlflowServer, own_ray_env, sigkill_driver_at, start_driver
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 3
@@ -74,7 +74,7 @@ def test_shards_go_straight_to_s3_manifest_last_and_a_rerun_continues(s3, monkey
 def test_the_cli_shards_to_s3_and_pretraining_checks_read_them(s3, capsys):
     assert main(["shard", "fashion-mnist", "--out", f"{s3}/shards-cli", "--limit", "64", "--rows-per-shard", "32"]) == 0
     assert f"wrote {s3}/shards-cli (train: 64 rows (64 labeled) in 2 shards" in capsys.readouterr().out
-    cfg = build_config({}, [f"data.shards={s3}/shards-cli", f"tracking.storage_path={s3}/ray"])
+    cfg = build_config({}, [f"data.shards={s3}/shards-cli", f"tracking.storage_path={s3}/ray", "data.batch_size=32"])
     assert validate(cfg)["splits"]["test"]["rows"] == 64
 
 
@@ -139,6 +139,7 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
         # From epoch 1's checkpoint on S3 it starts at step 9.
         "faults.exit_at_step=5",
         "faults.exit_rank=1",
+        TWO_WORKERS,
     )
     env = own_ray_env()
     try:

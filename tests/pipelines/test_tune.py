@@ -21,7 +21,7 @@ from tune_spaces import SpaceError, read_space
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _base(shards, runs_dir, epochs=2, workers=2):
+def _base(shards, runs_dir, epochs=2, workers=1, cpus_per_worker=0.5):
     return build_config(
         {},
         [
@@ -31,6 +31,7 @@ def _base(shards, runs_dir, epochs=2, workers=2):
             "method.backbone=tiny_cnn",
             f"train.epochs={epochs}",
             f"train.num_workers={workers}",
+            f"train.cpus_per_worker={cpus_per_worker}",
             "train.timeout_s=900",
             "optim.schedule=constant",
             "optim.warmup_epochs=0",
@@ -222,9 +223,9 @@ def test_seeds_repeat_each_random_draw_and_compare_gives_mean_and_spread(ray_ses
 @pytest.mark.e2e
 def test_asha_grid_search_one_child_run_per_trial_and_compare(ray_session, fmnist_shards, tmp_path):
     # Built so ASHA must stop a trial: grid order puts the larger lr first, trials run one
-    # at a time (2 workers on 2 CPUs), and the metric is the lr itself, so at epoch 1 the
-    # second trial is below the rung's cutoff set by the first.
-    cfg = _base(fmnist_shards, tmp_path / "runs")
+    # at a time (a worker of 1 CPU on 2 CPUs, one kept for Ray Data), and the metric is the lr
+    # itself, so at epoch 1 the second trial is below the rung's cutoff set by the first.
+    cfg = _base(fmnist_shards, tmp_path / "runs", cpus_per_worker=1)
     cfg.tracking.log_model = True  # each trial's encoder, and the best one registered
     result, children = _search_ranked_by_lr(cfg, tmp_path, [0.1, 0.05], "asha", "asha-test")
     assert len(children) == len(result.trials) == 2
@@ -267,7 +268,7 @@ def test_asha_grid_search_one_child_run_per_trial_and_compare(ray_session, fmnis
 
 @pytest.mark.e2e
 def test_diverging_trial_fails_alone_and_the_parent_names_the_best(ray_session, fmnist_shards, tmp_path):
-    cfg = _base(fmnist_shards, tmp_path / "runs", epochs=1, workers=1)  # 1 worker: both trials at once
+    cfg = _base(fmnist_shards, tmp_path / "runs", epochs=1)  # 1 worker of 0.5 CPU: both trials at once
     space = _space(tmp_path, "faults.nan_at_step: {grid: [null, 3]}\n")
     result = run_search(cfg, SearchSettings(space=space, search="grid", scheduler="none", num_samples=1, name="nan-test"))
 
@@ -286,7 +287,7 @@ def test_diverging_trial_fails_alone_and_the_parent_names_the_best(ray_session, 
 def test_pbt_records_its_perturbations(ray_session, fmnist_shards, tmp_path):
     # Synchronous PBT with a metric that ranks the trials for certain (the lr itself):
     # after epoch 1 the lower trial must clone the upper one and perturb its lr.
-    cfg = _base(fmnist_shards, tmp_path / "runs", epochs=2, workers=1)
+    cfg = _base(fmnist_shards, tmp_path / "runs", epochs=2)
     cfg.data.augment_on = "device"  # views made in the Train worker, not in Ray Data
     result, children = _search_ranked_by_lr(cfg, tmp_path, [0.1, 0.02], "pbt", "pbt-test")
     assert len(children) == 2
@@ -327,7 +328,9 @@ def _interrupt_and_resume(fmnist_shards, s3, tmp_path, runs_dir, uri):
     args = [sys.executable, "-m", "pipelines.cli", "tune", "--space", space, "--search", "grid", "--name", "resume-test"]
     args += ["--set", f"data.shards={fmnist_shards}", "--set", f"tracking.runs_dir={runs_dir}"]
     args += ["--set", f"tracking.storage_path={s3}/tune-resume", "--set", f"tracking.tracking_uri={uri}"]
-    for item in ("data.batch_size=64", "data.max_train_images=256", "method.backbone=tiny_cnn", "train.epochs=1"):
+    # one worker of 1 CPU: the trials run one at a time, as the interruption after the first needs
+    one_at_a_time = ("train.num_workers=1", "train.cpus_per_worker=1")
+    for item in ("data.batch_size=64", "data.max_train_images=256", "method.backbone=tiny_cnn", "train.epochs=1", *one_at_a_time):
         args += ["--set", item]
     args += ["--set", "probe.baselines=false", "--set", "probe.max_train_images=256", "--set", "probe.max_test_images=128"]
     args += ["--set", "tracking.log_model=false"]  # ~10 s a trial; nothing here reads the models
