@@ -76,7 +76,7 @@ def test_more_workers_than_the_cluster_has_fail_before_training(ray_session, fmn
     cfg = _config(fmnist_shards, tmp_path / "runs", "sqlite:///" + str(tmp_path / "m.db"), "train.num_workers=8")
     with pytest.raises(ConfigError, match=r"train\.num_workers=8 x train\.cpus_per_worker=0\.5 needs 4 CPUs, the cluster has 2"):
         validate(cfg)
-    cfg = _config(fmnist_shards, tmp_path / "runs", "sqlite:///" + str(tmp_path / "m.db"), "train.use_gpu=true")
+    cfg = _config(fmnist_shards, tmp_path / "runs", "sqlite:///" + str(tmp_path / "m.db"), "train.use_gpu=true", TWO_WORKERS)
     with pytest.raises(ConfigError, match=r"train\.use_gpu=true needs 2 GPUs, the cluster has 0"):
         validate(cfg)
 
