@@ -144,9 +144,9 @@ def start_ray():
             num_cpus=2,
             object_store_memory=256 << 20,
             resources={"trial_driver": 100},
-            # no test reads the dashboard (the 2-node test starts its own cluster with one): ~2 s less a start,
-            # and its head's ~5% of a core through the session
-            include_dashboard=False,
+            # Ray Train's PlacementGroupCleaner asks the State API (the dashboard) whether a run's controller
+            # is alive: without it, a trial Tune stops keeps its workers' CPUs reserved for good
+            include_dashboard=True,
             log_to_driver=True,
         )
     ray.data.DataContext.get_current().enable_progress_bars = False

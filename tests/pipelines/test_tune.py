@@ -21,7 +21,7 @@ from tune_spaces import SpaceError, read_space
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _base(shards, runs_dir, epochs=2, workers=1, cpus_per_worker=0.5):
+def _base(shards, runs_dir, epochs=2, workers=1):
     return build_config(
         {},
         [
@@ -31,7 +31,6 @@ def _base(shards, runs_dir, epochs=2, workers=1, cpus_per_worker=0.5):
             "method.backbone=tiny_cnn",
             f"train.epochs={epochs}",
             f"train.num_workers={workers}",
-            f"train.cpus_per_worker={cpus_per_worker}",
             "train.timeout_s=900",
             "optim.schedule=constant",
             "optim.warmup_epochs=0",
@@ -223,9 +222,9 @@ def test_seeds_repeat_each_random_draw_and_compare_gives_mean_and_spread(ray_ses
 @pytest.mark.e2e
 def test_asha_grid_search_one_child_run_per_trial_and_compare(ray_session, fmnist_shards, tmp_path):
     # Built so ASHA must stop a trial: grid order puts the larger lr first, trials run one
-    # at a time (a worker of 1 CPU on 2 CPUs, one kept for Ray Data), and the metric is the lr
-    # itself, so at epoch 1 the second trial is below the rung's cutoff set by the first.
-    cfg = _base(fmnist_shards, tmp_path / "runs", cpus_per_worker=1)
+    # at a time (2 workers on 2 CPUs), and the metric is the lr itself, so at epoch 1 the
+    # second trial is below the rung's cutoff set by the first.
+    cfg = _base(fmnist_shards, tmp_path / "runs", workers=2)
     cfg.tracking.log_model = True  # each trial's encoder, and the best one registered
     result, children = _search_ranked_by_lr(cfg, tmp_path, [0.1, 0.05], "asha", "asha-test")
     assert len(children) == len(result.trials) == 2
@@ -328,9 +327,7 @@ def _interrupt_and_resume(fmnist_shards, s3, tmp_path, runs_dir, uri):
     args = [sys.executable, "-m", "pipelines.cli", "tune", "--space", space, "--search", "grid", "--name", "resume-test"]
     args += ["--set", f"data.shards={fmnist_shards}", "--set", f"tracking.runs_dir={runs_dir}"]
     args += ["--set", f"tracking.storage_path={s3}/tune-resume", "--set", f"tracking.tracking_uri={uri}"]
-    # one worker of 1 CPU: the trials run one at a time, as the interruption after the first needs
-    one_at_a_time = ("train.num_workers=1", "train.cpus_per_worker=1")
-    for item in ("data.batch_size=64", "data.max_train_images=256", "method.backbone=tiny_cnn", "train.epochs=1", *one_at_a_time):
+    for item in ("data.batch_size=64", "data.max_train_images=256", "method.backbone=tiny_cnn", "train.epochs=1"):
         args += ["--set", item]
     args += ["--set", "probe.baselines=false", "--set", "probe.max_train_images=256", "--set", "probe.max_test_images=128"]
     args += ["--set", "tracking.log_model=false"]  # ~10 s a trial; nothing here reads the models
