@@ -204,6 +204,7 @@ def test_the_endpoint_going_away_mid_epoch_fails_in_one_line_and_keeps_what_was_
         "tracking.run_name=outage",
         "tracking.log_model=false",  # costs a new driver ~10 s (its first torch.export); nothing here reads it
         *TINY_RUN,
+        TWO_WORKERS,  # with one, the drill took 147 s against ~100-120 (one full-suite run each; the timing it was written for)
     )
     # Ray Train's default 2 s poll (the session sets 0.25 s, conftest): the failure this test expects is the
     # controller's next write of its snapshot to the cut store. With a fast poll that write is done before the
