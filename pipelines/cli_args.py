@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-DEMO_CONFIG = "configs/demo_fmnist.yaml"
+# The demo's config by its place in the checkout rayssl is installed from (pip install -e .), so that `rayssl
+# demo` runs from any folder; it writes rayssl-data/ and rayssl-runs/ where it is run, as every command does.
+_CHECKOUT_DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_fmnist.yaml"
+DEMO_CONFIG = str(_CHECKOUT_DEMO) if _CHECKOUT_DEMO.is_file() else "configs/demo_fmnist.yaml"
 
 
 def _positive_int(text: str) -> int:

@@ -3,6 +3,8 @@ few-label metrics, the compare table, plots and the printed headlines."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from pipelines import tracking
@@ -60,3 +62,15 @@ def test_demo_runs_the_search_shares_baselines_and_prints_headlines(ray_session,
     assert sum(n.startswith("probe-sets-") for n in cached) == 1
     assert sum(n.startswith("baselines-") for n in cached) == len(digests)
     assert sum(n.startswith("from-scratch-") for n in cached) == len(digests)
+
+
+def test_the_demos_config_is_found_from_any_folder(tmp_path, monkeypatch):
+    # `rayssl demo` from outside the checkout said "configs/demo_fmnist.yaml: config file not found"
+    from pipelines.cli_args import build_parser
+    from pipelines.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["demo"])
+    cfg = load_config(args.config)
+    assert cfg.data.shards == "rayssl-data/fashion-mnist"  # still where the demo is run
+    assert Path(args.config) == Path(__file__).resolve().parents[2] / "configs" / "demo_fmnist.yaml"  # the checkout's
