@@ -133,9 +133,10 @@ def check_one_batch(cfg: Config, manifest: dict) -> None:
             if cfg.data.max_train_images and cfg.data.max_train_images < manifest["splits"]["train"]["rows"]
             else "the shards"
         )
+        per_worker = cfg.data.batch_size // world
         raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} is more than the {images} training images ({limit}) give "
-            f"{world} worker(s): no step would run; set data.batch_size to at most {images // world * world}"
+            f"data.batch_size={cfg.data.batch_size} needs {per_worker} training images for each of {world} worker(s), "
+            f"and {limit} give {images}: no step would run; set data.batch_size to at most {images // world * world}"
         )
 
 

@@ -512,10 +512,12 @@ def test_fewer_images_than_one_batch_fails_in_validate(tmp_path, run_cli, no_pre
     code, out, err = run_cli("pretrain", *[arg for o in overrides for arg in ("--set", o)])
     rows = read_manifest(str(tmp_path / "fm"))["splits"]["train"]["rows"]
     assert code == 2 and _one_error_line(err) == (
-        f"rayssl: error: data.batch_size=256 is more than the {rows} training images (the shards) give 2 worker(s): "
-        f"no step would run; set data.batch_size to at most {rows // 2 * 2}"
+        f"rayssl: error: data.batch_size=256 needs 128 training images for each of 2 worker(s), and the shards give "
+        f"{rows}: no step would run; set data.batch_size to at most {rows // 2 * 2}"
     )
     capped = [f"data.shards={tmp_path / 'fm'}", "data.batch_size=32", "data.max_train_images=20"]
-    with pytest.raises(ConfigError, match=r"the 20 training images \(data.max_train_images\) give 1 worker"):
+    with pytest.raises(
+        ConfigError, match=r"needs 32 training images for each of 1 worker\(s\), and data.max_train_images give 20: "
+    ):
         validate(build_config({}, capped + ["train.num_workers=1"]))
     validate(build_config({}, capped + ["data.batch_size=20", "train.num_workers=1"]))  # one full batch: allowed
