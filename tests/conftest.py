@@ -32,6 +32,12 @@ VENV_BIN = Path(sys.executable).parent
 #   local machine never gets.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# Ray keeps as many idle worker processes as the node has CPUs (2 here) and ends the rest after 1 s idle, so
+# every run's Ray Data tasks started new processes that import pyarrow, torch and ssl_models again: a warm
+# 3-epoch TINY_RUN spent ~10 s of its first epoch waiting on them (epoch 1's stream 10.9 s against 0.5 s once
+# kept; measured 2026-12-03, test_unlabeled.py 202 -> 180 s). Kept idle, a task process serves later runs
+# of the same driver. Actors still get a process each (Ray never reuses one for an actor).
+os.environ.setdefault("RAY_num_workers_soft_limit", "16")
 
 
 # A tiny real run: tiny_cnn on 512 Fashion-MNIST images, 3 epochs of 8 steps, small probes (fault and 2-node
