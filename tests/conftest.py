@@ -294,6 +294,16 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def mlflow_s3_server(s3, tmp_path_factory):
+    """A second real `mlflow server` that stores artifacts in the session's bucket, under ``{s3}/mlflow-artifacts``;
+    yields its URI. Shared by the S3 drill and the resumed search (a server takes ~10 s to start); each test
+    reads its own experiment and its own runs' artifacts."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-s3-server"), artifacts=f"{s3}/mlflow-artifacts")
+    yield server.start()
+    server.stop()
+
+
 S3_BUCKET = "rayssl-test"
 
 

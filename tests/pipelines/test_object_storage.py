@@ -20,7 +20,7 @@ from pipelines.cli import main
 from pipelines.config import build_config
 from pipelines.data import read_manifest
 from pipelines.train import validate
-from tests.conftest import TINY_RUN, TWO_WORKERS, MlflowServer, own_ray_env, sigkill_driver_at, start_driver
+from tests.conftest import TINY_RUN, TWO_WORKERS, own_ray_env, sigkill_driver_at, start_driver
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 3
@@ -114,7 +114,7 @@ def _cli(*overrides: str) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_machine(s3, tmp_path):
+def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_machine(s3, mlflow_s3_server, tmp_path):
     """Shards, Ray Train checkpoints and MLflow artifacts all on S3. A worker process dies in epoch 1,
     the driver is SIGKILLed after it, the local runs folder is deleted (a new cluster), and the same
     command resumes from the S3 checkpoint and finishes, with each epoch's metrics recorded once."""
@@ -122,9 +122,7 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
 
     shards = f"{s3}/e2e-shards"
     shard.write_shards("fashion-mnist", shards, rows_per_shard=256, limit=1024)
-    server = MlflowServer(tmp_path / "server", artifacts=f"{s3}/mlflow-artifacts")
-    server.root.mkdir()
-    uri = server.start()
+    uri = mlflow_s3_server  # its artifacts go to {s3}/mlflow-artifacts
     runs = tmp_path / "runs"
     storage_path = f"{s3}/ray-e2e"
     args = _cli(
@@ -142,35 +140,32 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
         TWO_WORKERS,
     )
     env = own_ray_env()
-    try:
-        # Kill once Ray Train has registered epoch 1's checkpoint (its snapshot is on S3), trained by the worker
-        # group Ray Train restarted after the death.
-        registered = functools.partial(_wait_for_object, storage_path, "checkpoint_manager_snapshot.json")
-        first = sigkill_driver_at(args, env, REPO, f"epoch 1/{EPOCHS}", at={f"epoch 1/{EPOCHS}": registered})
-        assert "faults: worker rank 1 exits at step 5" in first, first[-3000:]  # the process really died
-        assert first.index("exits at step 5") < first.index(f"epoch 1/{EPOCHS}"), first[-3000:]  # then epoch 1 ran
-        assert any(p.endswith("/checkpoint.pt") for p in _objects(storage_path))  # Ray Train wrote to S3
+    # Kill once Ray Train has registered epoch 1's checkpoint (its snapshot is on S3), trained by the worker
+    # group Ray Train restarted after the death.
+    registered = functools.partial(_wait_for_object, storage_path, "checkpoint_manager_snapshot.json")
+    first = sigkill_driver_at(args, env, REPO, f"epoch 1/{EPOCHS}", at={f"epoch 1/{EPOCHS}": registered})
+    assert "faults: worker rank 1 exits at step 5" in first, first[-3000:]  # the process really died
+    assert first.index("exits at step 5") < first.index(f"epoch 1/{EPOCHS}"), first[-3000:]  # then epoch 1 ran
+    assert any(p.endswith("/checkpoint.pt") for p in _objects(storage_path))  # Ray Train wrote to S3
 
-        shutil.rmtree(runs)  # a new machine: nothing local survives, only S3 and the tracking server
-        rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        out = rerun.stdout + rerun.stderr
-        assert rerun.returncode == 0, out[-4000:]
-        (run,) = tracking.search_runs(uri, "rayssl")
-        assert f"resuming run s3drill (MLflow {run.info.run_id}, was RUNNING)" in out
-        assert f"epoch 1/{EPOCHS}" not in out  # continued from the S3 checkpoint, not from scratch
-        assert run.info.status == "FINISHED" and "probe/linear_top1" in run.data.metrics
-        assert sorted(step for step, _ in tracking.metric_history(uri, run.info.run_id, "train/loss")) == [1, 2, 3]
-        assert not (runs / "ray").exists()  # Ray's state went to S3 only
+    shutil.rmtree(runs)  # a new machine: nothing local survives, only S3 and the tracking server
+    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, out[-4000:]
+    (run,) = tracking.search_runs(uri, "rayssl")
+    assert f"resuming run s3drill (MLflow {run.info.run_id}, was RUNNING)" in out
+    assert f"epoch 1/{EPOCHS}" not in out  # continued from the S3 checkpoint, not from scratch
+    assert run.info.status == "FINISHED" and "probe/linear_top1" in run.data.metrics
+    assert sorted(step for step, _ in tracking.metric_history(uri, run.info.run_id, "train/loss")) == [1, 2, 3]
+    assert not (runs / "ray").exists()  # Ray's state went to S3 only
 
-        artifacts = _objects(f"{s3}/mlflow-artifacts")  # the server stored the run's artifacts on S3
-        for name in ("config.yaml", "checkpoint/checkpoint.pt"):
-            assert any(p.endswith(f"{run.info.run_id}/artifacts/{name}") for p in artifacts), (name, artifacts[:20])
-        model_id = run.data.tags["rayssl.encoder_model"].rsplit("/", 1)[-1]  # MLflow 3 keeps logged models apart
-        assert any(p.endswith(f"models/{model_id}/artifacts/MLmodel") for p in artifacts), artifacts[:20]
-        inputs = {i.dataset.name: json.loads(i.dataset.source)["uri"] for i in run.inputs.dataset_inputs}
-        assert inputs["e2e-shards/train"] == f"{shards}/train"  # the dataset input names the S3 source
-    finally:
-        server.stop()
+    artifacts = _objects(f"{s3}/mlflow-artifacts")  # the server stored the run's artifacts on S3
+    for name in ("config.yaml", "checkpoint/checkpoint.pt"):
+        assert any(p.endswith(f"{run.info.run_id}/artifacts/{name}") for p in artifacts), (name, artifacts[:20])
+    model_id = run.data.tags["rayssl.encoder_model"].rsplit("/", 1)[-1]  # MLflow 3 keeps logged models apart
+    assert any(p.endswith(f"models/{model_id}/artifacts/MLmodel") for p in artifacts), artifacts[:20]
+    inputs = {i.dataset.name: json.loads(i.dataset.source)["uri"] for i in run.inputs.dataset_inputs}
+    assert inputs["e2e-shards/train"] == f"{shards}/train"  # the dataset input names the S3 source
 
 
 def _wait_for_object(uri: str, name: str, timeout_s: float = 120) -> None:

@@ -15,7 +15,7 @@ from pipelines import tracking
 from pipelines.config import ConfigError, build_config
 from pipelines.results.compare import compare
 from pipelines.search.tune import SearchSettings, run_search
-from tests.conftest import MlflowServer, own_ray_env
+from tests.conftest import own_ray_env
 from tune_spaces import SpaceError, read_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -306,18 +306,11 @@ def _child_runs(uri, experiment):
 
 
 @pytest.mark.e2e
-def test_interrupted_search_resumes_without_duplicates(fmnist_shards, s3, tmp_path):
+def test_interrupted_search_resumes_without_duplicates(fmnist_shards, s3, mlflow_s3_server, tmp_path):
     """Ctrl-C the driver after the first trial finished; --resume runs only what was left, from the Tune
     state and Ray Train checkpoints it kept on S3 (``tracking.storage_path``). The MLflow server keeps
     the artifacts on S3 too, the compare plots among them."""
-    runs_dir = tmp_path / "runs"
-    server = MlflowServer(tmp_path / "server", artifacts=f"{s3}/tune-artifacts")
-    server.root.mkdir()
-    uri = server.start()
-    try:
-        _interrupt_and_resume(fmnist_shards, s3, tmp_path, runs_dir, uri)
-    finally:
-        server.stop()
+    _interrupt_and_resume(fmnist_shards, s3, tmp_path, tmp_path / "runs", mlflow_s3_server)
 
 
 def _interrupt_and_resume(fmnist_shards, s3, tmp_path, runs_dir, uri):
@@ -366,7 +359,7 @@ def _interrupt_and_resume(fmnist_shards, s3, tmp_path, runs_dir, uri):
     assert json.loads(parents[0].data.tags["rayssl.best_params"])
 
     compare(uri, "resume-test", tmp_path / "compare")  # logs its table and plots to the search's parent run
-    fs, base = pafs.FileSystem.from_uri(f"{s3}/tune-artifacts")
+    fs, base = pafs.FileSystem.from_uri(f"{s3}/mlflow-artifacts")  # the server's artifact store
     stored = [f.path for f in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if f.type == pafs.FileType.File]
     parent_artifacts = f"/{parents[0].info.run_id}/artifacts/"
     assert any(parent_artifacts + "compare/accuracy_per_method.png" in p for p in stored), stored[:20]
