@@ -183,7 +183,9 @@ def test_unlabeled_photos_pretrain_with_rankme_only_and_tune_acts_on_it(ray_sess
     [trial] = result.trials
     uri, run_id = result.tracking_uri, trial["run_id"]
     run = tracking.get_run(uri, run_id)
-    assert trial["status"] == "FINISHED" and run.info.status == "FINISHED"
+    assert trial["status"] == "FINISHED" and 1.0 <= trial["metrics"]["probe/rankme"] <= TINY_FEATURES
+    assert not [k for k in trial["metrics"] if k.startswith(LABEL_METRICS)]  # what the search saw, and MLflow:
+    assert run.info.status == "FINISHED"
     assert run.data.tags["rayssl.probes"] == "skipped: no labels"
     assert not [k for k in run.data.metrics if k.startswith(LABEL_METRICS)]
     rankme = tracking.metric_history(uri, run_id, "probe/epoch_rankme")
