@@ -36,7 +36,7 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # every run's Ray Data tasks started new processes that import pyarrow, torch and ssl_models again: a warm
 # 3-epoch TINY_RUN spent ~10 s of its first epoch waiting on them (epoch 1's stream 10.9 s against 0.5 s once
 # kept; measured 2026-12-03, test_unlabeled.py 202 -> 180 s). Kept idle, a task process serves later runs
-# of the same driver. Actors still get a process each (Ray never reuses one for an actor).
+# of the same driver. Actors still got a new process each (6 a run, counted with ray.util.state.list_workers).
 os.environ.setdefault("RAY_num_workers_soft_limit", "16")
 
 
