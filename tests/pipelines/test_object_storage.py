@@ -20,7 +20,7 @@ from pipelines.cli import main
 from pipelines.config import build_config
 from pipelines.data import read_manifest
 from pipelines.train import validate
-from tests.conftest import TINY_RUN, TWO_WORKERS, own_ray_env, sigkill_driver_at, start_driver
+from tests.conftest import TINY_RUN, TWO_WORKERS, TcpOutage, own_ray_env, sigkill_driver_at, start_driver
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 3
@@ -114,15 +114,25 @@ def _cli(*overrides: str) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_machine(s3, mlflow_s3_server, tmp_path):
-    """Shards, Ray Train checkpoints and MLflow artifacts all on S3. A worker process dies in epoch 1,
-    the driver is SIGKILLed after it, the local runs folder is deleted (a new cluster), and the same
-    command resumes from the S3 checkpoint and finishes, with each epoch's metrics recorded once."""
+def test_on_s3_a_lost_worker_a_lost_tracking_server_and_a_killed_driver_lose_no_work_and_no_records(
+    s3, mlflow_s3_server, tmp_path
+):
+    """Shards, Ray Train checkpoints and MLflow artifacts all on S3, and three faults in one run:
+    a worker process dies in epoch 1; the MLflow server goes away after epoch 1 (training goes on,
+    metrics are buffered); the driver is SIGKILLed in a later epoch. The local runs folder is then
+    deleted (a new cluster) and, with the server back, the same command resumes the same MLflow run
+    from the S3 checkpoint and finishes, with every epoch's metrics recorded once.
+
+    The server is reached through a forwarder whose cut drops every open connection and refuses new
+    ones: what a client sees of a server that went away, without the ~20 s of a server's restart.
+    (One drill, not two: each costs two driver starts, each with its own Ray, ~60 s of the suite.)"""
     import shutil
 
     shards = f"{s3}/e2e-shards"
     shard.write_shards("fashion-mnist", shards, rows_per_shard=256, limit=1024)
-    uri = mlflow_s3_server  # its artifacts go to {s3}/mlflow-artifacts
+    outage = TcpOutage(int(mlflow_s3_server.rsplit(":", 1)[1]))  # the server keeps artifacts in {s3}/mlflow-artifacts
+    outage.restore()
+    uri = outage.endpoint
     runs = tmp_path / "runs"
     storage_path = f"{s3}/ray-e2e"
     args = _cli(
@@ -130,34 +140,54 @@ def test_pretraining_on_s3_survives_a_lost_worker_and_a_killed_driver_on_a_new_m
         f"tracking.runs_dir={runs}",
         f"tracking.tracking_uri={uri}",
         f"tracking.storage_path={storage_path}",
-        "tracking.run_name=s3drill",
+        "tracking.run_name=drill",
+        "tracking.experiment=drill",
         *TINY_RUN,
         # 5 steps into epoch 1 (8 steps an epoch). The marker that makes the exit fire once is local: the new
         # machine's rerun would die again at a step it trains again, and restart once more (~20 s) for nothing.
-        # From epoch 1's checkpoint on S3 it starts at step 9.
         "faults.exit_at_step=5",
         "faults.exit_rank=1",
         TWO_WORKERS,
     )
-    env = own_ray_env()
-    # Kill once Ray Train has registered epoch 1's checkpoint (its snapshot is on S3), trained by the worker
-    # group Ray Train restarted after the death.
+    # Ray Train's default 2 s poll (the session sets 0.25 s, conftest), the timing the tracking drill was written for
+    env = own_ray_env(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="2")
     registered = functools.partial(_wait_for_object, storage_path, "checkpoint_manager_snapshot.json")
-    first = sigkill_driver_at(args, env, REPO, f"epoch 1/{EPOCHS}", at={f"epoch 1/{EPOCHS}": registered})
-    assert "faults: worker rank 1 exits at step 5" in first, first[-3000:]  # the process really died
-    assert first.index("exits at step 5") < first.index(f"epoch 1/{EPOCHS}"), first[-3000:]  # then epoch 1 ran
-    assert any(p.endswith("/checkpoint.pt") for p in _objects(storage_path))  # Ray Train wrote to S3
 
-    shutil.rmtree(runs)  # a new machine: nothing local survives, only S3 and the tracking server
-    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    out = rerun.stdout + rerun.stderr
-    assert rerun.returncode == 0, out[-4000:]
-    (run,) = tracking.search_runs(uri, "rayssl")
-    assert f"resuming run s3drill (MLflow {run.info.run_id}, was RUNNING)" in out
-    assert f"epoch 1/{EPOCHS}" not in out  # continued from the S3 checkpoint, not from scratch
-    assert run.info.status == "FINISHED" and "probe/linear_top1" in run.data.metrics
-    assert sorted(step for step, _ in tracking.metric_history(uri, run.info.run_id, "train/loss")) == [1, 2, 3]
-    assert not (runs / "ray").exists()  # Ray's state went to S3 only
+    def server_goes_away() -> None:
+        outage.cut()
+        registered()  # epoch 1's checkpoint is on S3 (trained by the worker group Ray Train restarted)
+
+    try:
+        # The cut comes as the test reads epoch 1's line; epoch 2 (0.4-3 s in the runs seen) may have sent its
+        # metrics by then. So the kill comes at the first epoch's line after metrics found no server (epoch 2's,
+        # else epoch 3's): they are buffered, and saved in that epoch's checkpoint, which the rerun sends from
+        unsent = f"warning: MLflow at {uri} did not take metrics"
+        first = sigkill_driver_at(args, env, REPO, "epoch ", at={f"epoch 1/{EPOCHS}": server_goes_away}, after=unsent)
+        assert "faults: worker rank 1 exits at step 5" in first, first[-3000:]  # the process really died
+        assert first.index("exits at step 5") < first.index(f"epoch 1/{EPOCHS}"), first[-3000:]  # then epoch 1 ran
+        assert f"epoch 2/{EPOCHS}" in first, first[-3000:]
+        assert unsent in first, first[-3000:]  # buffered, training went on
+        assert any(p.endswith("/checkpoint.pt") for p in _objects(storage_path))  # Ray Train wrote to S3
+
+        outage.restore()
+        (run,) = tracking.search_runs(uri, "drill")
+        assert run.info.status == "RUNNING"  # SIGKILL gives the driver no chance to close it; the rerun does
+        shutil.rmtree(runs)  # a new machine: nothing local survives, only S3 and the tracking server
+        rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        out = rerun.stdout + rerun.stderr
+        assert rerun.returncode == 0, out[-4000:]
+        assert f"resuming run drill (MLflow {run.info.run_id}, was RUNNING)" in out
+        assert f"epoch 1/{EPOCHS}" not in out  # continued from the S3 checkpoint, not from scratch
+        assert "Reporting training result" not in out  # Ray Train's per-report INFO lines stay out of the terminal
+        runs_now = tracking.search_runs(uri, "drill")
+        assert [r.info.run_id for r in runs_now] == [run.info.run_id]  # still one run
+        run = runs_now[0]
+        assert run.info.status == "FINISHED" and "probe/linear_top1" in run.data.metrics
+        for key in ("train/loss", "train/lr", "train/images_per_s"):
+            assert sorted(step for step, _ in tracking.metric_history(uri, run.info.run_id, key)) == [1, 2, 3], key
+        assert not (runs / "ray").exists()  # Ray's state went to S3 only
+    finally:
+        outage.cut()
 
     artifacts = _objects(f"{s3}/mlflow-artifacts")  # the server stored the run's artifacts on S3
     for name in ("config.yaml", "checkpoint/checkpoint.pt"):
@@ -183,8 +213,6 @@ def test_the_endpoint_going_away_mid_epoch_fails_in_one_line_and_keeps_what_was_
     """The object store stops answering after epoch 1 (every connection dropped, new ones refused).
     The run fails with one line naming the bucket and the endpoint, MLflow keeps it FAILED with epoch
     1's metrics, and once the endpoint is back the same command resumes from epoch 1's S3 checkpoint."""
-
-    from tests.conftest import TcpOutage
 
     shards = f"{s3}/outage-shards"
     shard.write_shards("fashion-mnist", shards, rows_per_shard=256, limit=1024)
