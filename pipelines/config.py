@@ -58,7 +58,8 @@ class DataConfig(_Strict):
 
 class MethodConfig(_Strict):
     name: str = "simclr"  # a name from ssl_models.list_methods()
-    backbone: str = "small_cnn"  # small_cnn on CPU; resnet18/resnet50 on GPUs
+    # None: the method's own (small_cnn; vit_tiny for the masked-image methods), set by resolve(). resnet18/50 on GPUs.
+    backbone: str | None = None
     # Shared head/temperature settings; None keeps each method's paper default.
     temperature: float | None = Field(None, gt=0)  # contrastive temperature (simclr 0.5, moco 0.2, triplet: none)
     projection_dim: int | None = Field(None, ge=1)  # output size of the projection head
@@ -249,10 +250,15 @@ def _apply_recipe(tree: dict[str, Any], cfg: Config) -> list[str]:
     Fields the user set stay. On CPUs the recipe's head sizes (``method.projection_dim``,
     ``method.hidden_dim`` and method kwargs) apply where the user set none.
     """
+    from ssl_models import method_class
     from ssl_models.recipes import method_recipe
 
     recipe = method_recipe(cfg.method.name)
     taken = []
+    if tree["method"]["backbone"] is None:
+        # the method's own: a ViT method given the CNN default would fail before training
+        tree["method"]["backbone"] = method_class(cfg.method.name).default_backbone
+        taken.append("method.backbone")
     for key, attribute in RECIPE_FIELDS.items():
         section, name = key.split(".")
         if tree[section][name] is None:

@@ -57,8 +57,13 @@ def test_unset_fields_take_the_methods_recipe_and_set_ones_win():
     assert gpu.train.sync_batchnorm is True and cfg.train.sync_batchnorm is False  # the paper's on GPUs, off on CPUs
     forced = resolve(build_config({}, ["method.name=barlow_twins", "train.sync_batchnorm=true"]))
     assert forced.train.sync_batchnorm is True and "train.sync_batchnorm" not in forced.from_recipe
-    mae = resolve(build_config({}, ["method.name=mae", "method.backbone=vit_tiny"]))
+    mae = resolve(build_config({}, ["method.name=mae", "method.backbone=vit_micro"]))
     assert (mae.optim.name, mae.optim.momentum, mae.optim.beta2, mae.optim.weight_decay) == ("adamw", 0.9, 0.95, 0.05)
+    assert mae.method.backbone == "vit_micro" and "method.backbone" not in mae.from_recipe  # the user's stays
+    # with only method.name set, each method gets its own backbone: a ViT method is not given the CNN default
+    for name, backbone in (("simclr", "small_cnn"), ("ijepa", "vit_tiny"), ("simmim", "vit_tiny"), ("ibot", "vit_tiny")):
+        only_name = resolve(build_config({}, [f"method.name={name}"]))
+        assert only_name.method.backbone == backbone and "method.backbone" in only_name.from_recipe, name
 
 
 def test_resolve_makes_local_paths_absolute_and_leaves_the_callers_config_and_uris_alone(tmp_path, monkeypatch):
