@@ -38,7 +38,7 @@ from pipelines.data import load_labeled, read_manifest
 from pipelines.train import fit
 from ssl_models.optim import set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE
-from ssl_models.schedules import learning_rate, warmup_steps
+from ssl_models.schedules import learning_rate, scaled_lr, warmup_steps
 
 
 def make_views(cfg: Config, manifest: dict, images: int) -> dict[str, np.ndarray]:
@@ -62,7 +62,7 @@ def plain_worker(rank: int, world: int, port: int, views: dict, cfg_json: dict, 
     steps_per_epoch = len(mine["view_0"]) // per_worker
     total = epochs * steps_per_epoch
     warmup = warmup_steps(cfg.optim.warmup_epochs, steps_per_epoch, total, MAX_WARMUP_SHARE)
-    base_lr = cfg.optim.lr * cfg.data.batch_size / 256
+    base_lr = scaled_lr(cfg.optim.lr, cfg.data.batch_size, cfg.optim.lr_scaling)
     step, rates = 0, []
     for _ in range(epochs):
         model.train()

@@ -112,6 +112,7 @@ def cmd_recipe(args) -> int:
 
     from pipelines.config import load_config, resolve
     from ssl_models.recipes import MAX_WARMUP_SHARE, method_recipe
+    from ssl_models.schedules import scaled_lr
 
     overrides = [f"method.name={args.name}", *(args.set or [])]
     if args.epochs is not None or args.config is None:
@@ -131,7 +132,8 @@ def cmd_recipe(args) -> int:
     if args.config:
         d = cfg.data
         print(f"from {args.config}:")
-        print(f"  data.batch_size = {d.batch_size} (lr x {d.batch_size / 256:g}: {cfg.optim.lr * d.batch_size / 256:g})")
+        rate = scaled_lr(cfg.optim.lr, d.batch_size, cfg.optim.lr_scaling)
+        print(f"  data.batch_size = {d.batch_size} (lr scaled {cfg.optim.lr_scaling}ly: {rate:g})")
         print(f"  data.crop_size = {d.crop_size}  method.backbone = {cfg.method.backbone}")
         print(f"  train.num_workers = {cfg.train.num_workers}  train.use_gpu = {cfg.train.use_gpu}")
         print(f"  data.augment = {d.augment.model_dump()}")

@@ -81,7 +81,9 @@ class MethodConfig(_Strict):
 class OptimConfig(_Strict):
     # None (the default) takes the method's recipe (`rayssl recipe NAME`, ssl_models/recipes.py); a value set wins.
     name: Literal["sgd", "lars", "adamw"] | None = None
-    lr: float | None = Field(None, gt=0)  # base lr for a batch of 256; scaled linearly with the batch
+    lr: float | None = Field(None, gt=0)  # base lr for a batch of 256; scaled with the batch by lr_scaling
+    # linear: lr x batch / 256 (the papers' rule); sqrt: lr x sqrt(batch / 256) (SimCLR's, for small batches)
+    lr_scaling: Literal["linear", "sqrt"] | None = None
     weight_decay: float | None = Field(None, ge=0)  # never on biases and norms
     momentum: float | None = Field(None, ge=0, lt=1)  # SGD/LARS momentum, AdamW beta1
     beta2: float | None = Field(None, gt=0, lt=1)  # AdamW only
@@ -199,6 +201,7 @@ class Config(_Strict):
 RECIPE_FIELDS = {
     "optim.name": "optimizer",
     "optim.lr": "lr",
+    "optim.lr_scaling": "lr_scaling",
     "optim.weight_decay": "weight_decay",
     "optim.momentum": "momentum",
     "optim.beta2": "beta2",

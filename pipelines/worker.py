@@ -37,7 +37,7 @@ from pipelines.step_log import StepLog, log_every_steps
 from pipelines.stream import train_batches, train_images
 from ssl_models.optim import set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE
-from ssl_models.schedules import learning_rate, warmup_steps
+from ssl_models.schedules import learning_rate, scaled_lr, warmup_steps
 from ssl_models.sync_batchnorm import convert_sync_batchnorm
 
 
@@ -229,7 +229,7 @@ def build_worker(cfg: Config, loop_config: dict) -> tuple[Worker, int]:
         per_worker=per_worker,
         total_steps=total_steps,
         warmup=warmup_steps(cfg.optim.warmup_epochs, steps_per_epoch, total_steps, MAX_WARMUP_SHARE),
-        base_lr=cfg.optim.lr * cfg.data.batch_size / 256,  # linear scaling rule
+        base_lr=scaled_lr(cfg.optim.lr, cfg.data.batch_size, cfg.optim.lr_scaling),
         step_log=StepLog(
             buffer.log_step if rank == 0 else None,
             every=log_every_steps(cfg.train.log_every_steps, steps_per_epoch),

@@ -5,7 +5,8 @@ Each method keeps its recipe beside it, as a class attribute (``recipe = Recipe(
 reads it from the method registry.
 
 A config field left unset takes the method's recipe; one the user sets wins. Learning
-rates are for a batch of 256 and scale linearly with the batch (as in the papers).
+rates are for a batch of 256 and scale linearly with the batch (as in the papers), or with its square root
+where the recipe says so (``lr_scaling="sqrt"``, SimCLR's rule for small batches).
 ``cpu_kwargs`` are head sizes that fit the main job's budget on 2 CPU cores; on GPUs
 the method's own defaults (the paper's sizes) stay. Each recipe says where it differs
 from the paper, and why.
@@ -28,6 +29,7 @@ class Recipe:
     paper: str  # arXiv link of the method's paper
     optimizer: str = "sgd"  # sgd | lars | adamw
     lr: float = 0.06  # base learning rate for a batch of 256
+    lr_scaling: str = "linear"  # how lr scales with the batch: linear (B / 256) or sqrt (sqrt(B / 256))
     weight_decay: float = 5e-4  # not applied to biases and norm parameters
     momentum: float = 0.9  # SGD / LARS momentum; AdamW's beta1
     beta2: float = 0.999  # AdamW only
@@ -40,6 +42,8 @@ class Recipe:
     def __post_init__(self):
         if not 0 <= self.warmup_share <= MAX_WARMUP_SHARE:
             raise ValueError(f"warmup_share {self.warmup_share} is outside [0, {MAX_WARMUP_SHARE}]")
+        if self.lr_scaling not in ("linear", "sqrt"):
+            raise ValueError(f"lr_scaling {self.lr_scaling!r} is not linear or sqrt")
 
 
 # The recipe shared by the pretext tasks and the methods whose paper trains with plain SGD at

@@ -44,6 +44,10 @@ def test_unset_fields_take_the_methods_recipe_and_set_ones_win():
     cfg = resolve(build_config({}, ["method.name=barlow_twins", "train.epochs=10"]))
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.bias_lr_scale) == ("lars", 0.2, 1.5e-6, 0.024)
     assert cfg.optim.warmup_epochs == 1.0  # 10% of 10 epochs
+    assert cfg.optim.lr_scaling == "linear" and "optim.lr_scaling" in cfg.from_recipe
+    nnclr = resolve(build_config({}, ["method.name=nnclr"]))
+    assert (nnclr.optim.lr, nnclr.optim.lr_scaling) == (1.2, "sqrt")
+    assert resolve(build_config({}, ["method.name=nnclr", "optim.lr_scaling=linear"])).optim.lr_scaling == "linear"
     assert (cfg.method.projection_dim, cfg.method.hidden_dim) == (1024, 1024)  # CPU head sizes
     assert {"optim.name", "optim.lr", "method.projection_dim"} <= set(cfg.from_recipe)
     # what the user sets wins and is not reported as the recipe's

@@ -11,7 +11,7 @@ from pipelines.data import read_fashion_mnist
 from ssl_models import recipes
 from ssl_models.optim import build_optimizer, set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE, method_recipe
-from ssl_models.schedules import warmup_steps
+from ssl_models.schedules import scaled_lr, warmup_steps
 
 
 @pytest.mark.parametrize("name", ssl_models.list_methods())
@@ -43,6 +43,23 @@ def test_warm_up_never_exceeds_its_share_of_the_run():
     # a 1-epoch run asked for 1 warm-up epoch: 20% warm-up, then the schedule decays (before: all warm-up)
     assert warmup_steps(1.0, steps_per_epoch=100, total_steps=100, max_share=MAX_WARMUP_SHARE) == 20
     assert warmup_steps(0.5, steps_per_epoch=100, total_steps=1000, max_share=MAX_WARMUP_SHARE) == 50
+
+
+def test_rates_scale_with_the_batch_by_the_recipes_rule():
+    # linear (the papers' rule): lr x B / 256; sqrt (SimCLR's appendix B.1): lr x sqrt(B / 256)
+    assert scaled_lr(0.3, 4096, "linear") == pytest.approx(4.8)
+    assert scaled_lr(1.2, 4096, "sqrt") == pytest.approx(4.8)  # 0.075 x sqrt(4096): the two rules meet there
+    assert scaled_lr(1.2, 64, "sqrt") == pytest.approx(0.6) and scaled_lr(0.3, 64, "linear") == pytest.approx(0.075)
+    with pytest.raises(ValueError, match="unknown lr scaling rule 'cube'"):
+        scaled_lr(0.3, 256, "cube")
+    # NNCLR keeps its paper's rate at the paper's batch (LARS 0.3 x 4096 / 256 = 4.8) and is 1.2 at 256
+    nnclr = method_recipe("nnclr")
+    assert scaled_lr(nnclr.lr, 4096, nnclr.lr_scaling) == pytest.approx(scaled_lr(0.3, 4096, "linear"))
+    assert scaled_lr(nnclr.lr, 256, nnclr.lr_scaling) == pytest.approx(1.2)
+    # every other recipe states its rate linearly, as its paper does
+    assert [n for n in ssl_models.list_methods() if method_recipe(n).lr_scaling != "linear"] == ["nnclr"]
+    with pytest.raises(ValueError, match="lr_scaling 'cube' is not linear or sqrt"):
+        recipes.Recipe(paper="https://arxiv.org/abs/1", lr_scaling="cube")
 
 
 def _train(optimizer_name: str, lr: float, steps: int = 20) -> tuple[list[float], list[float]]:
