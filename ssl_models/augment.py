@@ -50,12 +50,12 @@ def random_resized_crop_flip(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def horizontal_flip(images: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    """Mirror each image left-right with probability ``p``."""
+def horizontal_flip(images: torch.Tensor, gen: torch.Generator, p: float = 0.5, width_dim: int = -1) -> torch.Tensor:
+    """Mirror each image left-right with probability ``p``; ``width_dim``: -1 for (N, C, H, W), 2 for (N, H, W, C)."""
     chosen = _chosen(images.shape[0], p, gen, images.device)
     if len(chosen) == 0:
         return images
-    return images.index_copy(0, chosen, images.index_select(0, chosen).flip(-1))
+    return images.index_copy(0, chosen, images.index_select(0, chosen).flip(width_dim))
 
 
 def _chosen(n: int, p: float, gen: torch.Generator, device) -> torch.Tensor:
@@ -74,48 +74,69 @@ def color_jitter(
     """Brightness, contrast and (for RGB) saturation jitter, applied with probability ``p``.
 
     Brightness b, then contrast c around the image mean m, then saturation s around each pixel's gray g:
-    ``x b c + b m (1 - c)``, then ``y s + g (1 - s)``, clamped to [0, 1]; computed only for the samples it applies to.
+    ``y = x b c + b m (1 - c)``, then ``y s + g(y) (1 - s)``, clamped to [0, 1]. All three are linear in the
+    pixel, so each image gets one 3 x 3 colour matrix and offset, ``b c (s I + (1 - s) 1 w^T) x + b m (1 - c)``
+    (w: the luma weights, summing to 1), applied to the batch in one batched matrix product; an image the
+    jitter skips gets the identity, which leaves it exactly as it was.
     """
-    n, device = images.shape[0], images.device
-    chosen = _chosen(n, p, gen, device)
-    b = _uniform(n, 1 - brightness, 1 + brightness, gen, device).view(n, 1, 1, 1)
-    c = _uniform(n, 1 - contrast, 1 + contrast, gen, device).view(n, 1, 1, 1)
-    s = _uniform(n, 1 - saturation, 1 + saturation, gen, device).view(n, 1, 1, 1) if images.shape[1] == 3 else None
-    if len(chosen) == 0:
+    n, channels, device = images.shape[0], images.shape[1], images.device
+    applies = torch.rand(n, generator=gen, device=device) < p
+    b = _uniform(n, 1 - brightness, 1 + brightness, gen, device)
+    c = _uniform(n, 1 - contrast, 1 + contrast, gen, device)
+    s = _uniform(n, 1 - saturation, 1 + saturation, gen, device) if channels == 3 else None
+    if not applies.any():
         return images
-    x = images.index_select(0, chosen)
-    b, c = b[chosen], c[chosen]
-    mean = x.mean(dim=(1, 2, 3), keepdim=True) * b  # the mean after brightness
-    out = x.mul_(b * c).add_(mean * (1 - c))  # x is a copy: in place is safe
-    if s is not None:
-        s = s[chosen]
-        out = out.mul_(s).add_(_gray(out).mul_(1 - s))
-    return images.index_copy(0, chosen, out.clamp_(0, 1))
+    one = torch.ones((), device=device, dtype=images.dtype)
+    b, c = torch.where(applies, b, one), torch.where(applies, c, one)
+    pixels = images.reshape(n, channels, -1)
+    offset = (b * pixels.mean(dim=(1, 2)) * (1 - c)).view(n, 1, 1)
+    if s is None:
+        matrix = (b * c).view(n, 1, 1)
+    else:
+        s = torch.where(applies, s, one).view(n, 1, 1)
+        eye = torch.eye(3, device=device, dtype=images.dtype)
+        matrix = (b * c).view(n, 1, 1) * (s * eye + (1 - s) * _to_gray_matrix(device, images.dtype))
+    return torch.baddbmm(offset, matrix, pixels).view_as(images).clamp_(0, 1)
 
 
-def _gray(images: torch.Tensor) -> torch.Tensor:
-    """Luma of RGB images (N, 3, H, W) -> (N, 1, H, W), ITU-R 601 weights."""
-    return images[:, 0:1] * 0.299 + images[:, 1:2] * 0.587 + images[:, 2:3] * 0.114
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, summing to 1; also the colorization task's
+
+
+def _to_gray_matrix(device, dtype) -> torch.Tensor:
+    """The 3 x 3 matrix that sets each of R, G and B to the pixel's luma."""
+    return torch.tensor(LUMA_WEIGHTS, device=device, dtype=dtype).expand(3, 3)
 
 
 def random_grayscale(images: torch.Tensor, gen: torch.Generator, p: float = 0.2) -> torch.Tensor:
-    """Turn RGB images gray with probability ``p``; 1-channel images pass through."""
+    """Turn RGB images gray with probability ``p``; 1-channel images pass through.
+
+    One batched matrix product: the luma matrix for the images it applies to, the identity for the others.
+    """
     if images.shape[1] != 3 or p <= 0:
         return images
-    chosen = _chosen(images.shape[0], p, gen, images.device)
-    if len(chosen) == 0:
+    n, device = images.shape[0], images.device
+    applies = torch.rand(n, generator=gen, device=device) < p
+    if not applies.any():
         return images
-    return images.index_copy(0, chosen, _gray(images.index_select(0, chosen)).expand(-1, 3, -1, -1))
+    eye = torch.eye(3, device=device, dtype=images.dtype)
+    matrix = torch.where(applies.view(n, 1, 1), _to_gray_matrix(device, images.dtype), eye)
+    return torch.bmm(matrix, images.reshape(n, 3, -1)).view_as(images)
 
 
 def gaussian_blur(
-    images: torch.Tensor, gen: torch.Generator, p: float = 0.5, sigma: tuple[float, float] = (0.1, 1.0)
+    images: torch.Tensor,
+    gen: torch.Generator,
+    p: float = 0.5,
+    sigma: tuple[float, float] = (0.1, 1.0),
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Gaussian blur with probability ``p`` and sigma, in pixels of the view, uniform in ``sigma``.
 
     SimCLR draws sigma in [0.1, 2.0] at 224 px; for 28-32 px images a maximum of
     about 1 px blurs as much relative to the image. Each chosen sample gets its own
     separable kernel (radius 2 sigma max), applied to them all as one grouped convolution.
+    ``inplace`` writes the blurred samples into ``images`` rather than a copy (a view policy's own tensor:
+    0.31 against 0.44 ms a 224 px view, one core).
     """
     n, c, h, w = images.shape
     if p <= 0:
@@ -134,15 +155,23 @@ def gaussian_blur(
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     x = F.conv2d(x, kernel.view(k * c, 1, 1, -1), groups=k * c)
     x = F.conv2d(x, kernel.view(k * c, 1, -1, 1), groups=k * c)
-    return images.index_copy(0, chosen, x.view(k, c, h, w))
+    return _put(images, chosen, x.view(k, c, h, w), inplace)
 
 
-def solarize(images: torch.Tensor, gen: torch.Generator, p: float = 0.2, threshold: float = 0.5) -> torch.Tensor:
-    """Invert the pixels at or above ``threshold`` (x -> 1 - x), with probability ``p`` per sample (BYOL's view 2)."""
+def solarize(
+    images: torch.Tensor, gen: torch.Generator, p: float = 0.2, threshold: float = 0.5, inplace: bool = False
+) -> torch.Tensor:
+    """Invert the pixels at or above ``threshold`` (x -> 1 - x), with probability ``p`` per sample (BYOL's view 2);
+    ``inplace`` as in ``gaussian_blur``."""
     if p <= 0:
         return images
     chosen = _chosen(images.shape[0], p, gen, images.device)
     if len(chosen) == 0:
         return images
     x = images.index_select(0, chosen)
-    return images.index_copy(0, chosen, torch.where(x >= threshold, 1 - x, x))
+    return _put(images, chosen, torch.where(x >= threshold, 1 - x, x), inplace)
+
+
+def _put(images: torch.Tensor, chosen: torch.Tensor, changed: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``images`` with the samples at ``chosen`` replaced by ``changed``: written into ``images``, or into a copy."""
+    return images.index_copy_(0, chosen, changed) if inplace else images.index_copy(0, chosen, changed)

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# ITU-R 601 luma weights, the ones ``augment.random_grayscale`` uses.
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+from ssl_models.augment import LUMA_WEIGHTS
 
 # Doersch et al. number the 8 neighbours of the centre patch in raster order
 # (figure 2 of arXiv:1505.05192); in a 3x3 grid numbered 0..8 they are these cells.

@@ -71,9 +71,9 @@ class MultiCropPolicy(MultiViewPolicy):
         local = [CropSpec(self.local_size, self.local_scale)] * self.local_crops
         return [CropSpec(self.image_size, self.global_scale)] * 2 + local
 
-    def unit_views(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def unit_views(self, images: torch.Tensor, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Views in [0, 1] of uint8 images (N, H, W, C); ``apply`` and ``__call__`` are inherited."""
-        gen = view_generator(images.device, self.seed)
+        gen = gen or view_generator(images.device, self.seed)
         x = to_float(images)
         views = {f"view_{i}": self.view(x, gen, self.image_size, self.global_scale) for i in range(2)}
         for i in range(self.local_crops):

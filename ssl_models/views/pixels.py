@@ -22,8 +22,8 @@ def dequantize(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1]."""
-    return dequantize(images.permute(0, 3, 1, 2))
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1], contiguous (the batched colour steps take it so)."""
+    return dequantize(images.permute(0, 3, 1, 2).contiguous())
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -35,5 +35,5 @@ def test_the_view_stage_unpickles_without_torch_and_makes_views_when_called(tmp_
 
     image = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
     batch = {"image": np.array([encode_png(image)] * 4, dtype=object), "id": np.array(["a", "b", "c", "d"], dtype=object)}
-    views = pickle.loads(pickle.dumps(stage))(batch)
+    (views,) = pickle.loads(pickle.dumps(stage))(batch)  # Ray Data takes the parts a task yields
     assert sorted(views) == ["view_0", "view_1"] and views["view_0"].shape[0] == 4

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.crops import crop_batch, random_box
+from pipelines.crops import _decoded, crop_batch, random_box, resized_box
 from pipelines.data import eval_crop, load_labeled
 from pipelines.shard import write_shards
 from ssl_models.views import CropSpec
@@ -127,6 +127,43 @@ def test_views_are_crops_of_the_original_at_the_asked_sizes(jpeg_photos, tmp_pat
     photo = Image.open(io.BytesIO(batch["image"][0])).convert("RGB")
     want = np.asarray(photo.resize((64, 64), Image.Resampling.BILINEAR)).astype(int)
     assert np.abs(full.astype(int) - want).mean() < 3  # the draft decode (DCT scaling) differs by a few levels
+
+
+def test_a_crop_is_resized_as_pil_resizes_it_and_decoded_as_pil_decodes_it(jpeg_photos):
+    """The crops' fast path (torchvision's JPEG decoder, torch's uint8 antialiased resize) gives PIL's pixels, and
+    the box is cut before it is resized, as torchvision's RandomResizedCrop does (``crop`` then ``resize``)."""
+    import torch
+
+    data = next(iter(sorted(jpeg_photos.rglob("*.jpg")))).read_bytes()
+    photo = Image.open(io.BytesIO(data))
+    pixels, sx, sy = _decoded(photo, data, "RGB", smallest_ratio=1.0)
+    assert (sx, sy) == (1.0, 1.0)
+    np.testing.assert_array_equal(pixels.numpy(), np.asarray(photo.convert("RGB")))  # the same libjpeg-turbo decode
+    for mode in ("RGB", "L"):
+        image = photo.convert(mode)
+        array = torch.from_numpy(np.array(image)).reshape(image.height, image.width, -1)
+        for box, size in (((10, 20, 250, 200), 64), ((0, 0, 40, 30), 64), ((5, 5, image.width, image.height), 224)):
+            want = np.asarray(image.crop(box).resize((size, size), Image.Resampling.BILINEAR)).reshape(size, size, -1)
+            got = resized_box(array, box, size)
+            assert got.shape == want.shape and got.dtype == np.uint8
+            assert np.abs(got.astype(int) - want).max() <= 1, (mode, box, size)  # down- and upscaling alike
+
+
+def test_a_view_task_yields_its_views_a_block_at_a_time_and_tasks_are_large():
+    """Ray Data's slots idle between tasks: a task takes many rows and passes each block of views on as made."""
+    from pipelines.build import view_policy
+    from pipelines.config import build_config
+    from pipelines.data import encode_png
+    from pipelines.stream import ViewsFromShards, rows_per_view_block, rows_per_views_task
+
+    pairs_224, pairs_28 = [CropSpec(224, (0.2, 1.0))] * 2, [CropSpec(28, (0.2, 1.0))] * 2
+    assert (rows_per_views_task(pairs_224, 3), rows_per_view_block(pairs_224, 3)) == (222, 32)
+    assert (rows_per_views_task(pairs_28, 1), rows_per_view_block(pairs_28, 1)) == (256, 668)  # one part a task
+    manifest = {"channels": 1, "image_size": [28, 28], "mode": "L", "classes": [], "splits": {}}
+    stage = ViewsFromShards(view_policy(build_config(), manifest), rows_per_yield=3)
+    image = encode_png(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))
+    parts = list(stage({"image": np.array([image] * 4, dtype=object), "id": np.array(list("abcd"), dtype=object)}))
+    assert [part["view_0"].shape for part in parts] == [(3, 1, 28, 28), (1, 1, 28, 28)]
 
 
 def test_blocks_of_large_views_hold_many_rows_and_small_ones_stay_small():

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import ssl_models
+from ssl_models.views.pixels import quantize
 
 
 def _batch(n=16, size=28, channels=1):
@@ -114,3 +115,47 @@ def test_views_can_differ_per_view_as_byol_asks():
     assert views["view_0"].std() < 0.8 * unaugmented.std() and views["view_0"].max() > 0.5
     assert views["view_1"].max() <= 0.5
     assert ssl_models.method_class("byol").view_kwargs == {"blur_p": (1.0, 0.1), "solarize_p": (0.0, 0.2)}
+
+
+def test_colour_jitter_is_brightness_then_contrast_around_the_mean_then_saturation_around_the_luma():
+    """Every jittered image is b c x + b m (1 - c) (m: its mean) before saturation, and saturation blends each
+    pixel with its own luma, so it keeps the luma (it once blended with the luma of the image already scaled by s,
+    which darkened every saturated image by s (2 - s))."""
+    from ssl_models.augment import LUMA_WEIGHTS, color_jitter
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 8, 8, generator=gen) * 0.2 + 0.4  # mid-range: no clamping below
+    luma = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+    saturated = color_jitter(x, gen, brightness=0.0, contrast=0.0, saturation=0.4, p=1.0)
+    torch.testing.assert_close((saturated * luma).sum(1), (x * luma).sum(1), atol=1e-6, rtol=0)
+    assert (saturated - x).abs().amax(dim=(1, 2, 3)).mean() > 0.01  # and it did change the colours
+
+    grey = x[:, :1]
+    out = color_jitter(grey, gen, brightness=0.4, contrast=0.4, saturation=0.4, p=1.0)
+    for before, after in zip(grey, out, strict=True):  # per image: after = alpha before + beta
+        m = before.mean()
+        b = after.mean() / m  # brightness: the mean scales by b
+        alpha = ((after - after.mean()) * (before - m)).sum() / ((before - m) ** 2).sum()  # b c
+        c = alpha / b
+        assert 0.6 - 1e-5 <= b <= 1.4 + 1e-5 and 0.6 - 1e-5 <= c <= 1.4 + 1e-5
+        torch.testing.assert_close(after, alpha * before + b * m * (1 - c), atol=1e-5, rtol=0)
+    skipped = color_jitter(x, gen, p=0.0)
+    assert torch.equal(skipped, x)  # an image the jitter skips is left exactly as it was
+
+
+def test_large_views_are_made_a_chunk_at_a_time_and_small_ones_in_one():
+    """The numpy path makes 224 px views ~13 rows at a time (cache-sized float chunks); Fashion-MNIST's batches of
+    256 are one chunk, so their draws are the ones a whole batch gets."""
+    small = ssl_models.create_views("multi_view", image_size=28, seed=1)
+    assert small._chunk_rows(channels=1) >= 256
+    batch = _batch(n=40, size=28)
+    whole = small.unit_views(torch.from_numpy(batch["image"]))
+    np.testing.assert_array_equal(small(batch)["view_0"], quantize(whole["view_0"]).numpy())
+
+    large = ssl_models.create_views("multi_view", image_size=224, seed=1)
+    assert large._chunk_rows(channels=3) == 13
+    crops = np.random.default_rng(0).integers(0, 255, (30, 224, 224, 3), dtype=np.uint8)
+    out = large({"crop_0": crops, "crop_1": crops, "label": np.arange(30)})
+    assert out["view_0"].shape == (30, 3, 224, 224) and list(out["label"]) == list(range(30))
+    np.testing.assert_array_equal(out["view_1"], large({"crop_0": crops, "crop_1": crops})["view_1"])  # seeded
+    assert not np.array_equal(out["view_0"][0], out["view_0"][13])  # the second chunk draws anew
