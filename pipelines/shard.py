@@ -46,6 +46,9 @@ class _SplitWriter:
     rows_per_shard: int
     encoding: str  # how images are encoded (mode, size, max_size): part of each part's digest
     rows: list[Row] = field(default_factory=list)
+    # the image bytes of ``rows``, turned into Arrow arrays IMAGE_CHUNK_ROWS at a time as rows arrive: with Ray
+    # tasks encoding, the driver does this between results, not all at once when a part is written
+    image_chunks: list[pa.Array] = field(default_factory=list)
     written: int = 0
     label_counts: Counter = field(default_factory=Counter)
     kinds: Counter = field(default_factory=Counter)
@@ -63,13 +66,21 @@ class _SplitWriter:
                 if row is None:
                     break
                 self.rows.append(row)
+                if len(self.rows) % IMAGE_CHUNK_ROWS == 0:
+                    self._convert_images()
                 if len(self.rows) >= self.rows_per_shard:
                     self.flush()
         self.flush()
 
+    def _convert_images(self) -> None:
+        """The image bytes of the rows not yet converted, as one more Arrow array."""
+        done = sum(len(chunk) for chunk in self.image_chunks)
+        self.image_chunks.append(pa.array([image.data for image, _, _ in self.rows[done:]], type=pa.binary()))
+
     def flush(self) -> None:
         if not self.rows:
             return
+        self._convert_images()
         images, labels, ids = zip(*self.rows, strict=True)
         name = f"part-{len(self.files):05d}.parquet"
         digest = hashlib.sha1(json.dumps([ids, labels, self.encoding]).encode("utf-8", "surrogateescape")).hexdigest()
@@ -77,20 +88,19 @@ class _SplitWriter:
         if _footer_digest(target) == digest:
             self.reused += 1
         else:
-            columns = {"image": [i.data for i in images], "label": list(labels), "id": list(ids)}
+            columns = {"image": pa.chunked_array(self.image_chunks, type=pa.binary()), "label": list(labels), "id": list(ids)}
             columns.update(height=[i.height for i in images], width=[i.width for i in images])
             table = pa.table(columns, schema=SCHEMA)
             table = table.replace_schema_metadata({DIGEST_KEY: digest})
-            buffer = pa.BufferOutputStream()
-            pq.write_table(table, buffer, row_group_size=ROW_GROUP_ROWS)
-            storage.write_bytes(target, buffer.getvalue().to_pybytes())  # a reader never sees a half-written shard
+            # a reader never sees a half-written shard; image bytes are JPEG or PNG already: not compressed again
+            storage.write_parquet(target, table, row_group_size=ROW_GROUP_ROWS, compression=PART_COMPRESSION)
         self.files.append(name)
         self.written += len(self.rows)
         self.label_counts.update(labels)
         self.kinds.update(i.kind for i in images)
         self.heights += [i.height for i in images]
         self.widths += [i.width for i in images]
-        self.rows = []
+        self.rows, self.image_chunks = [], []
 
     def remove_strays(self) -> None:
         """Delete part files this run did not write (left by an interrupted run with other settings)."""
@@ -106,6 +116,8 @@ class _SplitWriter:
         return {"rows": self.written, "labeled": labeled, "class_counts": class_counts, "shards": self.files}
 
 
+IMAGE_CHUNK_ROWS = 256
+PART_COMPRESSION = {"image": "none", "label": "snappy", "id": "snappy", "height": "snappy", "width": "snappy"}
 # Row groups are the unit a reader can fetch alone: a probe's sampled rows cost the row groups that hold
 # them (pipelines.data.read_sample), not whole shards.
 ROW_GROUP_ROWS = 1024
