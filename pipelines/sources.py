@@ -353,12 +353,31 @@ def _class_folders(root: str, files: list[tuple[str, str]], under: str) -> list[
 
 def _folder_files(root: Path) -> Iterator[Path]:
     """Image files under ``root``, sorted; symlinks are not followed, so the walk never leaves root."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_symlink():
-                yield path
+    for _, path in _folder_walk(str(root)):
+        yield Path(path)
+
+
+def _folder_walk(root: str) -> Iterator[tuple[str, str]]:
+    """``(path relative to root, path)`` of each image file under ``root``, sorted, symlinks neither followed nor
+    listed. Strings and ``os.scandir`` rather than pathlib: listing ImageNet's 1.28 M files is the driver's work."""
+    folders = [""]
+    while folders:
+        rel_dir = folders.pop()
+        try:
+            entries = sorted(os.scandir(os.path.join(root, rel_dir)), key=lambda entry: entry.name, reverse=True)
+        except OSError:  # a folder that cannot be read is passed over, as os.walk does
+            continue
+        files, subdirs = [], []
+        for entry in entries:
+            if entry.is_symlink():
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_dir():
+                subdirs.append(rel)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                files.append((rel, entry.path))
+        yield from reversed(files)
+        folders.extend(subdirs)  # reversed names on a stack: the walk goes down in sorted order
 
 
 def _listed_files(root: str) -> list[tuple[str, str]]:
@@ -369,7 +388,7 @@ def _listed_files(root: str) -> list[tuple[str, str]]:
             raise DataError(f"{root}: no such file or folder; give an image folder or 'fashion-mnist', or {DATASET_SPECS}")
         if not base.is_dir():
             raise DataError(f"{root}: not a folder; give a folder of images (class sub-folders give labels)")
-        return [(_as_text(str(p.relative_to(base))), str(p)) for p in _folder_files(base)]
+        return [(_as_text(rel), path) for rel, path in _folder_walk(str(base))]
     fs, base = pafs.FileSystem.from_uri(root.rstrip("/"))
     found = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
     scheme = root.split("://", 1)[0]

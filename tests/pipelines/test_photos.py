@@ -73,6 +73,22 @@ def test_shards_keep_each_photo_its_jpeg_bytes_and_its_size_under_the_cap(jpeg_p
             assert row["image"] == (jpeg_photos / image_id).read_bytes()
 
 
+def test_a_broken_jpeg_that_would_keep_its_bytes_is_still_read_whole_and_skipped(jpeg_photos, tmp_path):
+    """A JPEG kept as its own bytes is checked at 1/8 scale, which still reads every byte: a cut file fails."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(jpeg_photos / "coffee", src / "coffee")
+    good = sorted((src / "coffee").glob("*.jpg"))[0].read_bytes()
+    (src / "coffee" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    (src / "coffee" / "no-end.jpg").write_bytes(good[:-2])
+    result = write_shards(str(src), tmp_path / "out", max_size=0, parallel=False)
+    reasons = {s["file"]: s["reason"] for s in result.skipped}
+    assert sorted(reasons) == ["coffee/cut.jpg", "coffee/no-end.jpg"]
+    assert all(r.startswith("cannot decode (OSError: image file is truncated") for r in reasons.values()), reasons
+    assert result.manifest["encodings"] == {"original": 10}
+
+
 def test_fixed_size_keeps_its_meaning_a_png_square(jpeg_photos, tmp_path):
     manifest = write_shards(str(jpeg_photos), tmp_path / "s", size=24, parallel=False).manifest
     assert manifest["image_size"] == [24, 24] and manifest["encodings"] == {"png": 40}
