@@ -96,7 +96,8 @@ def test_fixed_size_keeps_its_meaning_a_png_square(jpeg_photos, tmp_path):
     assert Image.open(io.BytesIO(row["image"])).size == (24, 24) and (row["height"], row["width"]) == (24, 24)
 
 
-def test_ray_tasks_shard_the_same_rows_as_one_process(ray_session, jpeg_photos, tmp_path):
+def test_ray_tasks_shard_the_same_rows_as_one_process(ray_session, jpeg_photos, tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.shard.FILES_PER_TASK", 8)  # 41 files: six tasks, their results merged in order
     (jpeg_photos / "chelsea" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     try:
         serial = write_shards(str(jpeg_photos), tmp_path / "serial", rows_per_shard=8, max_size=256, parallel=False)
