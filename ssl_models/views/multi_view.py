@@ -164,15 +164,14 @@ class MultiViewPolicy:
         rows, step = len(first), self._chunk_rows(channels=first.shape[-1])
         gen = view_generator(torch.device("cpu"), self.seed)  # one generator for every chunk: seeded, reproducible
         with torch.no_grad():
-            chunks = [
-                {
-                    k: quantize(v).numpy()
-                    for k, v in self._unit_views_of({k: v[start : start + step] for k, v in images.items()}, gen).items()
-                }
-                for start in range(0, max(rows, 1), step)
-            ]
+            chunks = [self._uint8_views(images, start, step, gen) for start in range(0, max(rows, 1), step)]
         out.update({k: np.concatenate([chunk[k] for chunk in chunks]) for k in chunks[0]})
         return out
+
+    def _uint8_views(self, images: dict, start: int, rows: int, gen: torch.Generator) -> dict[str, np.ndarray]:
+        """uint8 views of ``rows`` rows of the numpy ``images`` columns from row ``start``."""
+        part = {name: column[start : start + rows] for name, column in images.items()}
+        return {name: quantize(view).numpy() for name, view in self._unit_views_of(part, gen).items()}
 
 
 def _tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
