@@ -133,7 +133,8 @@ def cmd_recipe(args) -> int:
         d = cfg.data
         print(f"from {args.config}:")
         rate = scaled_lr(cfg.optim.lr, d.batch_size, cfg.optim.lr_scaling)
-        print(f"  data.batch_size = {d.batch_size} (lr scaled {cfg.optim.lr_scaling}ly: {rate:g})")
+        rule = {"linear": "linear", "sqrt": "square-root"}[cfg.optim.lr_scaling]
+        print(f"  data.batch_size = {d.batch_size} (lr x {rate / cfg.optim.lr:g} by {rule} scaling: {rate:g})")
         print(f"  data.crop_size = {d.crop_size}  method.backbone = {cfg.method.backbone}")
         print(f"  train.num_workers = {cfg.train.num_workers}  train.use_gpu = {cfg.train.use_gpu}")
         print(f"  data.augment = {d.augment.model_dump()}")

@@ -70,7 +70,9 @@ def test_recipe_with_a_config_shows_what_that_run_will_use(capsys):
     assert cli.main(["recipe", "byol", "--config", "configs/imagenet_resnet50.yaml"]) == 0
     out = capsys.readouterr().out
     assert "resolved for 100 epochs on GPUs" in out  # the config's epochs and device, not the defaults
-    assert "data.batch_size = 1024 (lr x 4: 0.24)" in out  # BYOL's 0.06 for 256, scaled to the config's batch
+    assert "data.batch_size = 1024 (lr x 4 by linear scaling: 0.24)" in out  # BYOL's 0.06 for 256, scaled to the batch
     assert "train.sync_batchnorm = True" in out  # BYOL's recipe syncs batch norm on GPUs
+    assert cli.main(["recipe", "nnclr", "--config", "configs/imagenet_resnet50.yaml"]) == 0
+    assert "data.batch_size = 1024 (lr x 2 by square-root scaling: 2.4)" in capsys.readouterr().out  # 1.2 x sqrt(4)
     assert cli.main(["recipe", "byol"]) == 0
     assert "resolved for 10 epochs on CPUs" in capsys.readouterr().out
