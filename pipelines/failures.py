@@ -45,7 +45,8 @@ def error_chain(err: BaseException | None) -> Iterator[BaseException]:
             continue
         seen.add(id(e))
         yield e
-        pending += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        ray_cause = getattr(e, "cause", None)  # RayTaskError's original error (an exception, or None)
+        pending += [e.__cause__, e.__context__, ray_cause if isinstance(ray_cause, BaseException) else None]
         pending += list(getattr(e, "worker_failures", {}).values())  # Ray Train's WorkerGroupError
 
 
@@ -53,7 +54,9 @@ def unfixable_cause(err: BaseException | None) -> Exception | None:
     """The ``DataError`` or ``ConfigError`` behind ``err`` (a Ray Train or Ray Data wrapper), or None."""
     named_in_text = None
     for e in error_chain(err):
-        if isinstance(e, UNFIXABLE_ERRORS):
+        # not Ray's RayTaskError(DataError), a wrapper that is also an instance of the error it carries: its text
+        # is Ray's traceback, and the error itself is its ``cause``, next in the chain
+        if isinstance(e, UNFIXABLE_ERRORS) and not type(e).__module__.startswith("ray."):
             return e
         found = _NAMED_IN_TEXT.search(_ANSI.sub("", str(e)))
         if found and named_in_text is None:

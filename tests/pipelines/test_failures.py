@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from ray.train import FailureConfig
 from ray.train.v2._internal.execution.failure_handling import FailureDecision
 from ray.train.v2.api import data_parallel_trainer
@@ -31,6 +32,22 @@ def test_unfixable_cause_finds_the_users_error_through_ray_wrappers():
     assert isinstance(from_text, DataError)
     assert str(from_text) == "image 'a/b.png': cannot decode its PNG bytes (OSError); re-run 'rayssl shard'"
     assert unfixable_cause(WorkerGroupError("killed", {0: RuntimeError("SIGKILL")})) is None
+
+
+def test_a_ray_task_error_that_is_also_a_data_error_gives_the_data_error_and_one_line():
+    """Ray re-raises a task's DataError as RayTaskError(DataError), an instance of both whose text is Ray's
+    traceback; the user's error is its ``cause``. (A view task that yields its blocks fails this way.)"""
+    from ray.exceptions import RayTaskError
+
+    from pipelines.failures import one_line_errors
+
+    bad = DataError("image 'a/b.png': cannot decode its image bytes (OSError); re-run 'rayssl shard'")
+    wrapper = RayTaskError("SplitCoordinator.get", "Traceback (most recent call last):\n  ...", bad).as_instanceof_cause()
+    assert isinstance(wrapper, DataError) and unfixable_cause(wrapper) is bad
+    assert unfixable_cause(WorkerGroupError("rank 0 failed", {0: wrapper})) is bad
+    with pytest.raises(DataError) as caught, one_line_errors():
+        raise wrapper
+    assert type(caught.value) is DataError and str(caught.value) == str(bad)
 
 
 def test_policy_raises_unfixable_errors_and_retries_the_rest():
