@@ -14,11 +14,12 @@ side on the same files and the same CPUs, in one run:
     view cropped from the original as it is decoded, the colour steps batched;
   - the peer: torchvision ``ImageFolder`` on the JPEG files, ``RandomResizedCrop(224)`` on the PIL
     original, ``RandomHorizontalFlip``, ``ColorJitter(0.4, 0.4, 0.4)`` (p 0.8), ``RandomGrayscale(0.2)``,
-    ``GaussianBlur(9, (0.1, 2.0))`` (p 0.5), ``ToTensor``, two views, ``DataLoader`` with one worker per core;
+    ``GaussianBlur(9, (0.1, 2.0))`` (p 0.5), ``ToTensor``, two views, ``DataLoader`` with one worker per core
+    (persistent across epochs);
   - the ceiling: plain PIL decoding of the same files on the same cores (images/s; no crop, no colour).
 
-The two view pipelines take turns for ``--rounds`` rounds of ``--seconds`` each (a slow spell of this
-machine falls on both), each round from a fresh stream, closed after it. Last lines: ``ingest_photos
+The two view pipelines take turns for ``--rounds`` rounds of at least ``--seconds`` each, in whole epochs (a
+slow spell of this machine falls on both). Last lines: ``ingest_photos
 shard_ratio=X.XX`` and ``ingest_photos ratio=X.XX`` (rayssl's pairs/s over the peer's in each round,
 the median; the goal is 1.5 or more).
 """
@@ -88,8 +89,11 @@ def peer_batches(root: Path, cores: int):
         ]
     )
     dataset = datasets.ImageFolder(str(root), transform=lambda img: (view(img), view(img)))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, num_workers=cores, drop_last=True)
-    return lambda: (len(pair[0]) for pair, _ in _forever(loader))
+    # persistent workers: the peer does not restart its worker processes every epoch (the kinder setting for it)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=64, shuffle=True, num_workers=cores, drop_last=True, persistent_workers=True
+    )
+    return lambda: (len(pair[0]) for pair, _ in loader)
 
 
 def rayssl_batches(shards: str):
@@ -102,32 +106,24 @@ def rayssl_batches(shards: str):
 
     dataset = build_pretrain_dataset(cfg, manifest)  # once, iterated every epoch, as the trainer does
 
-    def batches():
-        while True:
-            for batch in dataset.iter_batches(batch_size=64, batch_format="numpy"):
-                yield len(batch["view_0"])
+    def epoch():
+        return (len(batch["view_0"]) for batch in dataset.iter_batches(batch_size=64, batch_format="numpy"))
 
-    return batches
+    return epoch
 
 
-def _forever(loader):
-    while True:
-        yield from loader
-
-
-def _pairs_per_s(batches, seconds: float) -> float:
-    """Pairs per second of a fresh ``batches()`` stream after its first batch (start-up), over about ``seconds``;
-    the stream is closed after, so that nothing of it runs while the other side is measured."""
-    sizes = batches()
+def _pairs_per_s(epoch, seconds: float) -> float:
+    """Pairs per second over whole epochs (``epoch()``: one epoch's batch sizes), from the first batch (start-up
+    excluded) to the end of the epoch in which ``seconds`` have passed. Whole epochs, as a trainer takes them: a
+    stream left in mid-epoch keeps its prefetched blocks, and the next rounds slowed by a third."""
+    sizes = epoch()
     next(sizes)
     t0, pairs = time.perf_counter(), 0
-    for n in sizes:
-        pairs += n
+    while True:
+        pairs += sum(sizes)
         if time.perf_counter() - t0 > seconds:
-            break
-    rate = pairs / (time.perf_counter() - t0)
-    sizes.close()
-    return rate
+            return pairs / (time.perf_counter() - t0)
+        sizes = epoch()
 
 
 def main() -> None:
