@@ -80,7 +80,6 @@ class _SplitWriter:
     def flush(self) -> None:
         if not self.rows:
             return
-        self._convert_images()
         images, labels, ids = zip(*self.rows, strict=True)
         name = f"part-{len(self.files):05d}.parquet"
         digest = hashlib.sha1(json.dumps([ids, labels, self.encoding]).encode("utf-8", "surrogateescape")).hexdigest()
@@ -88,6 +87,7 @@ class _SplitWriter:
         if _footer_digest(target) == digest:
             self.reused += 1
         else:
+            self._convert_images()
             columns = {"image": pa.chunked_array(self.image_chunks, type=pa.binary()), "label": list(labels), "id": list(ids)}
             columns.update(height=[i.height for i in images], width=[i.width for i in images])
             table = pa.table(columns, schema=SCHEMA)

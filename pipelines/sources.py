@@ -351,15 +351,10 @@ def _class_folders(root: str, files: list[tuple[str, str]], under: str) -> list[
     return [_as_text(name) for name in folders]
 
 
-def _folder_files(root: Path) -> Iterator[Path]:
-    """Image files under ``root``, sorted; symlinks are not followed, so the walk never leaves root."""
-    for _, path in _folder_walk(str(root)):
-        yield Path(path)
-
-
 def _folder_walk(root: str) -> Iterator[tuple[str, str]]:
     """``(path relative to root, path)`` of each image file under ``root``, sorted, symlinks neither followed nor
-    listed. Strings and ``os.scandir`` rather than pathlib: listing ImageNet's 1.28 M files is the driver's work."""
+    listed, so the walk never leaves root. Strings and ``os.scandir`` rather than pathlib: listing ImageNet's
+    1.28 M files is the driver's work."""
     folders = [""]
     while folders:
         rel_dir = folders.pop()

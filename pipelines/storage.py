@@ -105,11 +105,7 @@ def write_bytes(uri_or_path: str | Path, data: bytes | pa.Buffer) -> None:
         with fs.open_output_stream(path) as out:
             out.write(data)
         return
-    local = Path(target)
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.parent / f".{local.name}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, local)
+    _publish_local(Path(target), lambda tmp: tmp.write_bytes(data))
 
 
 def write_parquet(uri_or_path: str | Path, table: pa.Table, **options) -> None:
@@ -124,10 +120,14 @@ def write_parquet(uri_or_path: str | Path, table: pa.Table, **options) -> None:
         pq.write_table(table, buffer, **options)
         write_bytes(target, buffer.getvalue())
         return
-    local = Path(target)
+    _publish_local(Path(target), lambda tmp: pq.write_table(table, str(tmp), **options))
+
+
+def _publish_local(local: Path, write) -> None:
+    """``write(tmp)`` a temporary file beside ``local``, then rename it into place: readers never see half of it."""
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.parent / f".{local.name}.tmp"
-    pq.write_table(table, str(tmp), **options)
+    write(tmp)
     os.replace(tmp, local)
 
 

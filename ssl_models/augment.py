@@ -58,9 +58,14 @@ def horizontal_flip(images: torch.Tensor, gen: torch.Generator, p: float = 0.5, 
     return images.index_copy(0, chosen, images.index_select(0, chosen).flip(width_dim))
 
 
+def _applies(n: int, p: float, gen: torch.Generator, device) -> torch.Tensor:
+    """Which samples an augmentation applied with probability ``p`` applies to: a bool mask, one draw per sample."""
+    return torch.rand(n, generator=gen, device=device) < p
+
+
 def _chosen(n: int, p: float, gen: torch.Generator, device) -> torch.Tensor:
-    """Indices of the samples an augmentation applied with probability ``p`` applies to (one draw per sample)."""
-    return torch.nonzero(torch.rand(n, generator=gen, device=device) < p).flatten()
+    """The indices of ``_applies``."""
+    return torch.nonzero(_applies(n, p, gen, device)).flatten()
 
 
 def color_jitter(
@@ -80,7 +85,7 @@ def color_jitter(
     jitter skips gets the identity, which leaves it exactly as it was.
     """
     n, channels, device = images.shape[0], images.shape[1], images.device
-    applies = torch.rand(n, generator=gen, device=device) < p
+    applies = _applies(n, p, gen, device)
     b = _uniform(n, 1 - brightness, 1 + brightness, gen, device)
     c = _uniform(n, 1 - contrast, 1 + contrast, gen, device)
     s = _uniform(n, 1 - saturation, 1 + saturation, gen, device) if channels == 3 else None
@@ -115,7 +120,7 @@ def random_grayscale(images: torch.Tensor, gen: torch.Generator, p: float = 0.2)
     if images.shape[1] != 3 or p <= 0:
         return images
     n, device = images.shape[0], images.device
-    applies = torch.rand(n, generator=gen, device=device) < p
+    applies = _applies(n, p, gen, device)
     if not applies.any():
         return images
     eye = torch.eye(3, device=device, dtype=images.dtype)

@@ -26,7 +26,7 @@ from pipelines import cli
 from pipelines.config import ConfigError, build_config, load_config
 from pipelines.data import DataError, check_shards, load_labeled, read_manifest
 from pipelines.shard import write_shards
-from pipelines.sources import _folder_files
+from pipelines.sources import _folder_walk
 
 REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(0)
@@ -275,7 +275,7 @@ def test_symlink_loop_ends_and_links_out_of_the_root_are_not_followed(tmp_path):
     (root / "outside-dir").symlink_to(outside)
     (root / "outside-file.png").symlink_to(outside / "secret.png")
     (root / "dangling.png").symlink_to(tmp_path / "nothing.png")
-    assert list(_folder_files(root)) == [root / "cats" / "in.png"]
+    assert list(_folder_walk(str(root))) == [("cats/in.png", str(root / "cats" / "in.png"))]
     result = write_shards(str(root), tmp_path / "out", size=8, test_fraction=0)
     assert result.manifest["classes"] == ["cats"]  # a linked folder is no class either
     assert result.skipped == []
