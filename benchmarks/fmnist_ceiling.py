@@ -20,15 +20,15 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from one_process import worker_step
 
 from pipelines.build import build_method, build_method_optimizer, view_policy
 from pipelines.config import build_config, resolve
 from pipelines.data import load_labeled, read_manifest
 from pipelines.evaluate import extract_features
 from ssl_models.backbones import SmallCNN, register_backbone
-from ssl_models.optim import set_learning_rate
 from ssl_models.probes import knn_top1, linear_probe_top1, rankme
-from ssl_models.schedules import learning_rate, warmup_steps
+from ssl_models.schedules import warmup_steps
 from ssl_models.views import create_views
 
 # small_cnn with every width doubled: 2.7x the compute per image.
@@ -75,12 +75,7 @@ def simclr(name: str, args, data, images: torch.Tensor) -> float:
         for i in range(per_epoch):
             with torch.no_grad():
                 views = policy.apply(images[order[i * batch : (i + 1) * batch]])
-            set_learning_rate(optimizer, learning_rate(cfg.optim.schedule, step, total, warmup, cfg.optim.lr))
-            loss = method(views)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            method.on_step_end(step, total)
+            worker_step(method, optimizer, views, cfg, step, total, warmup)
             step += 1
         result = probe(method.encoder, data)
         linear = result["linear"]

@@ -22,14 +22,14 @@ import time
 
 import numpy as np
 import torch
+from one_process import worker_step
 
 from pipelines.build import build_method, build_method_optimizer, view_policy
 from pipelines.config import build_config, resolve
 from pipelines.data import load_labeled, read_manifest
 from pipelines.evaluate import model_input
-from ssl_models.optim import set_learning_rate
 from ssl_models.probes import linear_probe_top1, rankme
-from ssl_models.schedules import learning_rate, warmup_steps
+from ssl_models.schedules import warmup_steps
 
 TRAIN_IMAGES = 10_000
 
@@ -111,13 +111,7 @@ def main() -> None:
         for k in range(min(per_epoch, total - step)):
             with torch.no_grad():
                 views = policy.apply(images[order[k * batch : (k + 1) * batch]])
-            set_learning_rate(optimizer, learning_rate(cfg.optim.schedule, step, total, warmup, cfg.optim.lr))
-            loss = method(views)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            method.on_step_end(step, total)
-            losses.append(loss.item())
+            losses.append(worker_step(method, optimizer, views, cfg, step, total, warmup))
             step += 1
             if step % args.probe_every == 0 or step == total:
                 result = probe(method.encoder, data, blocks)
