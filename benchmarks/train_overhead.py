@@ -29,6 +29,7 @@ import ray.data
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from one_process import worker_step
 from procs import RaySampler, cpu_seconds, ray_processes
 
 from pipelines import tracking
@@ -36,9 +37,8 @@ from pipelines.build import build_method, build_method_optimizer, view_policy
 from pipelines.config import Config, build_config, resolve
 from pipelines.data import load_labeled, read_manifest
 from pipelines.train import fit
-from ssl_models.optim import set_learning_rate
 from ssl_models.recipes import MAX_WARMUP_SHARE
-from ssl_models.schedules import learning_rate, scaled_lr, warmup_steps
+from ssl_models.schedules import warmup_steps
 
 
 def make_views(cfg: Config, manifest: dict, images: int) -> dict[str, np.ndarray]:
@@ -62,21 +62,14 @@ def plain_worker(rank: int, world: int, port: int, views: dict, cfg_json: dict, 
     steps_per_epoch = len(mine["view_0"]) // per_worker
     total = epochs * steps_per_epoch
     warmup = warmup_steps(cfg.optim.warmup_epochs, steps_per_epoch, total, MAX_WARMUP_SHARE)
-    base_lr = scaled_lr(cfg.optim.lr, cfg.data.batch_size, cfg.optim.lr_scaling)
     step, rates = 0, []
     for _ in range(epochs):
         model.train()
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
             batch = {k: v[i * per_worker : (i + 1) * per_worker] for k, v in mine.items()}  # uint8 views
-            set_learning_rate(optimizer, learning_rate(cfg.optim.schedule, step, total, warmup, base_lr))
-            loss = model(batch)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            method.on_step_end(step, total)
+            worker_step(method, optimizer, batch, cfg, step, total, warmup, model=model)  # .item() waits for the step
             step += 1
-            loss.item()
         seconds = torch.tensor([time.perf_counter() - t0])
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
         rates.append(steps_per_epoch * per_worker * world / seconds.item())
