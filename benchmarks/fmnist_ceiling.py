@@ -28,6 +28,7 @@ from pipelines.data import load_labeled, read_manifest
 from pipelines.evaluate import extract_features
 from ssl_models.backbones import SmallCNN, register_backbone
 from ssl_models.probes import knn_top1, linear_probe_top1, rankme
+from ssl_models.recipes import MAX_WARMUP_SHARE
 from ssl_models.schedules import warmup_steps
 from ssl_models.views import create_views
 
@@ -67,7 +68,7 @@ def simclr(name: str, args, data, images: torch.Tensor) -> float:
     batch = cfg.data.batch_size
     per_epoch = len(images) // batch
     total = per_epoch * args.epochs
-    warmup = warmup_steps(cfg.optim.warmup_epochs, per_epoch, total, 0.2)
+    warmup = warmup_steps(cfg.optim.warmup_epochs, per_epoch, total, MAX_WARMUP_SHARE)
     step, linear, start = 0, 0.0, time.perf_counter()
     for epoch in range(args.epochs):
         method.train()

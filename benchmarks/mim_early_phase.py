@@ -29,6 +29,7 @@ from pipelines.config import build_config, resolve
 from pipelines.data import load_labeled, read_manifest
 from pipelines.evaluate import model_input
 from ssl_models.probes import linear_probe_top1, rankme
+from ssl_models.recipes import MAX_WARMUP_SHARE
 from ssl_models.schedules import warmup_steps
 
 TRAIN_IMAGES = 10_000
@@ -100,23 +101,23 @@ def main() -> None:
     per_epoch = TRAIN_IMAGES // batch
     total = args.steps
     if args.warmup_share is None:
-        warmup = warmup_steps(cfg.optim.warmup_epochs, per_epoch, total, 0.2)
+        warmup = warmup_steps(cfg.optim.warmup_epochs, per_epoch, total, MAX_WARMUP_SHARE)
     else:
         warmup = round(args.warmup_share * total)
     print(json.dumps({"method": args.method, "set": args.set, "lr": cfg.optim.lr, "warmup_steps": warmup, "steps": total}))
     print(json.dumps({"step": 0, **probe(method.encoder, data, blocks)}), flush=True)
-    step, start, losses = 0, time.perf_counter(), []
+    step, start = 0, time.perf_counter()
     while step < total:
         order = torch.randperm(len(images))
         for k in range(min(per_epoch, total - step)):
             with torch.no_grad():
                 views = policy.apply(images[order[k * batch : (k + 1) * batch]])
-            losses.append(worker_step(method, optimizer, views, cfg, step, total, warmup))
+            loss = worker_step(method, optimizer, views, cfg, step, total, warmup)
             step += 1
             if step % args.probe_every == 0 or step == total:
                 result = probe(method.encoder, data, blocks)
                 print(
-                    json.dumps({"step": step, "s": round(time.perf_counter() - start), "loss": round(losses[-1], 4), **result}),
+                    json.dumps({"step": step, "s": round(time.perf_counter() - start), "loss": round(loss, 4), **result}),
                     flush=True,
                 )
 
